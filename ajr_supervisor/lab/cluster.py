@@ -159,6 +159,7 @@ class Lab:
         self.cleanup()
         t0 = time.monotonic()
         self._check_ports()
+        self._rotate_logs()
         try:
             self._write_files()
             self._net_up()
@@ -190,6 +191,14 @@ class Lab:
             if host.port_in_use(port):
                 raise LabError(f"port {port} (for {what}) is already in use",
                                "stop whatever listens there (`ss -ltnp`) or start the lab with other ports")
+
+    def _rotate_logs(self) -> None:
+        """A fresh lab starts from job id 1: keep the previous run's logs apart, in ``log.prev``."""
+        log_dir = self.spec.log_dir
+        if log_dir.is_dir():
+            prev = log_dir.with_name("log.prev")
+            shutil.rmtree(prev, ignore_errors=True)
+            log_dir.rename(prev)
 
     def _write_files(self) -> None:
         s = self.spec

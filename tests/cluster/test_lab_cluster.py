@@ -142,3 +142,20 @@ def test_up_recovers_from_a_lab_killed_from_outside(tmp_path):
     assert not [n for n in host.netns_list() if n.startswith("ajrtwo-")]
     assert not [link for link in host.link_names() if link.startswith("ajrtwo-")]
     assert not any(d.running for d in lab.daemons())
+
+
+def test_port_in_use_is_one_clear_error(tmp_path):
+    import socket
+
+    import pytest
+
+    from ajr_supervisor.lab import LabError
+
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        spec = LabSpec(root=tmp_path / "lab3", name="ajrthree", nodes=1, subnet="10.80.0", ctld_port=port)
+        with pytest.raises(LabError, match=f"port {port} \\(for slurmctld\\) is already in use"):
+            Lab(spec).up()
+    assert not [n for n in host.netns_list() if n.startswith("ajrthree-")]
