@@ -1,18 +1,42 @@
-"""What the Slurm hooks do. For now they record one line per call and succeed; the recovery
-issue makes ``epilog`` (EpilogSlurmctld) finish half-done decisions.
+"""What the Slurm hooks do.
 
-A hook must never fail: a non-zero Prolog drains the node and requeues the job. Every error is
-logged and swallowed.
+``prolog`` and ``node-epilog`` (node hooks) record one line per call. ``epilog`` (EpilogSlurmctld) is
+the backstop and the fast path of recovery. It runs as SlurmUser 3-30 ms after a job ends or is
+requeue-held, before the job's processes are dead, with the job's comment, user, nodes and restart
+count in its environment. It decides quickly and hands anything that must wait for the job to leave
+COMPLETING to a detached child (``ajr epilog --finish``, in its own session with every fd closed:
+anything holding the hook's stdout keeps the job COMPLETING).
+
+The child, ``finish``:
+  * after a requeuehold that the supervisor decided (its decision is in the state file): with
+    ``fast_restart``, waits for PENDING and releases with ``StartTime=now+1`` (1.5 s to the next
+    batch start instead of cred_expire+1); otherwise it waits ``finish_timeout_s`` and completes
+    whatever the supervisor left undone (exclusion, release);
+  * after an attempt that ended with no decision (supervisor killed, or never started): analyses the
+    attempt's log, applies the policy, and requeues / excludes / releases itself.
+It never touches a node outside the job's own allocation (or the exclusions already recorded).
+
+A hook must never fail: a non-zero Prolog drains the node. Every error is logged and swallowed.
 """
 
 from __future__ import annotations
 
+import glob
+import logging
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Mapping
+
+log = logging.getLogger(__name__)
 
 KEYS = ("SLURM_JOB_ID", "SLURMD_NODENAME", "SLURM_JOB_RESTART_COUNT", "SLURM_JOB_USER",
         "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_EXIT_CODE2", "SLURM_SCRIPT_CONTEXT")
+HELD_REASON = "job_requeued_in_held_state"
+PENDING_TIMEOUT_S = 120.0
+FINISH_TIMEOUT_S = 15.0
 
 
 def hook_line(context: str, env: Mapping[str, str], now: float) -> str:
@@ -21,14 +45,222 @@ def hook_line(context: str, env: Mapping[str, str], now: float) -> str:
     return f"{stamp} ajr {context} {fields}".rstrip()
 
 
-def run_hook(context: str, env: Mapping[str, str], now: float | None = None) -> None:
-    line = hook_line(context, env, time.time() if now is None else now)
+def note(context: str, env: Mapping[str, str], text: str) -> None:
+    """Append a line to the hook log (``$AJR_HOOK_LOG``) or stderr; never raises."""
     path = env.get("AJR_HOOK_LOG")
     try:
         if path:
             with open(path, "a") as f:
-                f.write(line + "\n")
+                f.write(text + "\n")
         else:
-            print(line, file=sys.stderr)
+            print(text, file=sys.stderr)
     except OSError as exc:
         print(f"ajr {context}: cannot write {path}: {exc}", file=sys.stderr)
+
+
+def run_hook(context: str, env: Mapping[str, str], now: float | None = None) -> None:
+    note(context, env, hook_line(context, env, time.time() if now is None else now))
+
+
+# ----------------------------------------------------------------------------------------------
+# EpilogSlurmctld
+# ----------------------------------------------------------------------------------------------
+
+def epilog(env: Mapping[str, str]) -> None:
+    """The EpilogSlurmctld entry point: record, then hand work to a detached child if any."""
+    run_hook("epilog", env)
+    try:
+        if _enrolled(env) is None:
+            return
+        _spawn_finish(env)
+    except Exception as exc:  # a hook never fails
+        note("epilog", env, f"ajr epilog: job {env.get('SLURM_JOB_ID')}: error: {exc!r}")
+
+
+def _enrolled(env: Mapping[str, str]):
+    from ajr_supervisor.config import load_config
+    from ajr_supervisor.enroll import EnrollmentError, resolve
+
+    config = load_config(env=env)
+    try:
+        return resolve(env.get("SLURM_JOB_COMMENT", ""), env.get("SLURM_JOB_PARTITION", ""),
+                       config.enroll_partitions)
+    except EnrollmentError:
+        return None
+
+
+def _spawn_finish(env: Mapping[str, str]) -> None:
+    subprocess.Popen([sys.executable, "-m", "ajr_supervisor", "epilog", "--finish"],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     env=dict(env), start_new_session=True, close_fds=True)
+
+
+def finish(env: Mapping[str, str], *, slurm=None, clock=time.monotonic, sleep=time.sleep) -> str:
+    """The detached child's work; returns a one-line summary (also written to the hook log)."""
+    from ajr_supervisor.config import load_config
+    from ajr_supervisor.slurm import Slurm
+
+    config = load_config(env=env)
+    slurm = slurm or Slurm(env.get("SLURM_CONF"), timeout_s=config.slurm_timeout_s, dry_run=config.dry_run,
+                           env=env)
+    job_id = env["SLURM_JOB_ID"]
+    try:
+        summary = _finish(env, config, slurm, job_id, clock, sleep)
+    except Exception as exc:
+        summary = f"error: {exc!r}"
+    line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} ajr epilog-finish job {job_id}: {summary}"
+    note("epilog", env, line)
+    return summary
+
+
+def _wait_job(slurm, job_id: str, done, timeout_s: float, clock, sleep):
+    deadline = clock() + timeout_s
+    job = slurm.show_job(job_id)
+    while not done(job):
+        if clock() > deadline:
+            return job, False
+        sleep(0.1)
+        job = slurm.show_job(job_id)
+    return job, True
+
+
+def _finish(env, config, slurm, job_id: str, clock, sleep) -> str:
+    from ajr_supervisor.state import StateStore
+
+    store = StateStore(config.state_path(env.get("SLURM_JOB_WORK_DIR", ".")))
+    restarts = int(env.get("SLURM_JOB_RESTART_COUNT", "0") or 0)
+    allocation = _nodes(env.get("SLURM_JOB_NODELIST", ""))
+    job = slurm.show_job(job_id)
+    if job.reason == HELD_REASON or (job.held and job.base_state == "PENDING"):
+        return _after_requeuehold(env, config, slurm, store, job_id, restarts - 1, allocation, clock, sleep)
+    # Any other end: wait until Slurm is done with the job, then see whether anybody decided.
+    job, _ = _wait_job(slurm, job_id, lambda j: j.base_state != "COMPLETING", PENDING_TIMEOUT_S, clock, sleep)
+    record = store.load(job_id)
+    attempt = record.attempt(restarts) if record else None
+    if attempt is not None and attempt.decision is not None:
+        return f"attempt {restarts} already decided by the supervisor ({attempt.decision['verdict']})"
+    if job.base_state in ("CANCELLED", "COMPLETED", "PENDING", "RUNNING", "TIMEOUT", "PREEMPTED", "REQUEUED"):
+        return f"attempt {restarts} ended {job.base_state}: nothing to do"
+    return _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, attempt)
+
+
+def _after_requeuehold(env, config, slurm, store, job_id, attempt_no, allocation, clock, sleep) -> str:
+    record = store.load(job_id)
+    attempt = record.attempt(attempt_no) if record else None
+    decision = attempt.decision if attempt else None
+    if not decision or decision.get("verdict") not in ("REQUEUE", "EXCLUDE_AND_REQUEUE"):
+        return "requeue-held without an ajr decision (an admin's hold?): left alone"
+    job, pending = _wait_job(slurm, job_id, lambda j: j.base_state == "PENDING", PENDING_TIMEOUT_S, clock, sleep)
+    if not pending:
+        return f"job still {job.state} after {PENDING_TIMEOUT_S:g} s: left for the registry's watchdog"
+    if not config.fast_restart:
+        deadline = clock() + FINISH_TIMEOUT_S
+        while clock() < deadline:
+            attempt = store.load(job_id).attempt(attempt_no)
+            if attempt.done("release") or not slurm.show_job(job_id).held:
+                return "the supervisor completed the requeue"
+            sleep(0.2)
+    exclude = _allowed(decision.get("exclude", []), allocation, record.excluded_nodes if record else [])
+    job = slurm.show_job(job_id)
+    actions = []
+    if sorted(set(_nodes(job.exc_nodes))) != sorted(exclude) and exclude:
+        slurm.set_excluded_nodes(job_id, exclude)
+        store.update(job_id, lambda rec: setattr(rec, "excluded_nodes", sorted(set(exclude))))
+        actions.append("exclude " + ",".join(exclude))
+    if job.held:
+        if config.fast_restart:
+            slurm.update_job(job_id, StartTime="now+1")
+            actions.append("StartTime=now+1")
+        slurm.release(job_id)
+        actions.append("release")
+        _record_actions(store, job_id, attempt_no, actions)
+    return ("fast restart: " if config.fast_restart else "finished for the supervisor: ") + (", ".join(actions) or "nothing left")
+
+
+def _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, attempt) -> str:
+    """The supervisor left no decision: analyse the attempt's log and act as it would have."""
+    from ajr_supervisor.detect.analyzer import LogAnalyzer
+    from ajr_supervisor.enroll import effective_max_requeues, resolve
+    from ajr_supervisor.logtail import LogFollower
+    from ajr_supervisor.policy import PastAttempt, PolicyInput, decide
+    from ajr_supervisor.rules import RuleSet
+    from ajr_supervisor.types import Verdict
+
+    enrollment = resolve(env.get("SLURM_JOB_COMMENT", ""), env.get("SLURM_JOB_PARTITION", ""), config.enroll_partitions)
+    log_path = attempt.log_path if attempt and attempt.log_path else _latest_log(env)
+    analyzer = LogAnalyzer(RuleSet.load(config.rules_files, config.checkpoint_patterns))
+    if log_path:
+        follower = LogFollower(log_path, inotify=False)
+        analyzer.feed_all(follower.read_new(final=True))
+    record = store.load(job_id)
+    previous = [PastAttempt(failed=a.end_reason not in ("success", "terminated"), new_checkpoint=bool(a.checkpoints))
+                for a in (record.attempts if record else []) if a.attempt < restarts]
+    exit2 = env.get("SLURM_JOB_EXIT_CODE2", "0:0")
+    failed = exit2 != "0:0"
+    decision = decide(PolicyInput(
+        findings=analyzer.all_findings(), step_failed=failed, restarts=restarts,
+        max_requeues=effective_max_requeues(config.max_requeue_times, enrollment),
+        crash_loop_attempts=config.crash_loop_attempts, new_checkpoint=bool(analyzer.checkpoints),
+        previous=previous, allocation=allocation, excluded=record.excluded_nodes if record else []))
+    exclude = _allowed(decision.exclude, allocation, record.excluded_nodes if record else [])
+
+    def change(rec) -> None:
+        from ajr_supervisor.state import Attempt
+
+        a = rec.attempt(restarts)
+        if a is None:
+            a = Attempt(attempt=restarts, started_at=time.time(), nodes=allocation, log_path=log_path or "")
+            rec.attempts.append(a)
+            rec.attempts.sort(key=lambda x: x.attempt)
+        a.ended_at = a.ended_at or time.time()
+        a.end_reason = a.end_reason or ("failure" if failed else "success")
+        a.decision = {"verdict": decision.verdict.value, "reason": decision.reason, "exclude": exclude,
+                      "decided_at": time.time(), "by": "epilog", "dry_run": slurm.dry_run}
+        if decision.verdict == Verdict.STOP:
+            rec.final = {"verdict": "STOP", "reason": decision.reason, "at": time.time(), "attempt": restarts}
+
+    store.update(job_id, change)
+    if decision.verdict not in (Verdict.REQUEUE, Verdict.EXCLUDE_AND_REQUEUE):
+        return f"decided {decision.verdict.value} from the log: {decision.reason}"
+    slurm.requeuehold(job_id)
+    if exclude:
+        slurm.set_excluded_nodes(job_id, exclude)
+        store.update(job_id, lambda rec: setattr(rec, "excluded_nodes", sorted(set(exclude))))
+    slurm.release(job_id)
+    _record_actions(store, job_id, restarts, ["requeuehold"] + (["exclude"] if exclude else []) + ["release"])
+    return f"decided {decision.verdict.value} from the log and requeued: {decision.reason}"
+
+
+def _record_actions(store, job_id: str, attempt_no: int, actions: list[str]) -> None:
+    now = time.time()
+
+    def change(rec) -> None:
+        a = rec.attempt(attempt_no)
+        if a is not None:
+            a.actions.extend({"action": act.split()[0], "ok": True, "at": now, "error": None,
+                              "detail": act, "by": "epilog"} for act in actions)
+
+    store.update(job_id, change)
+
+
+def _allowed(exclude, allocation, already) -> list[str]:
+    """Only nodes of this job's allocation, or ones excluded before, may be (kept) excluded."""
+    ok = set(allocation) | set(already)
+    return sorted(n for n in set(exclude) if n in ok)
+
+
+def _nodes(expr: str) -> list[str]:
+    from ajr_supervisor.slurm import expand_hostlist
+
+    try:
+        return expand_hostlist(expr) if expr and expr != "(null)" else []
+    except ValueError:
+        return []
+
+
+def _latest_log(env: Mapping[str, str]) -> str | None:
+    work = env.get("SLURM_JOB_WORK_DIR", "")
+    name, job_id = env.get("SLURM_JOB_NAME", "*"), env.get("SLURM_JOB_ID", "*")
+    logs = sorted(glob.glob(os.path.join(glob.escape(work), f"{glob.escape(name)}_{job_id}_date_*.log")),
+                  key=lambda p: Path(p).stat().st_mtime)
+    return logs[-1] if logs else None

@@ -178,6 +178,33 @@ class Slurm:
         argv = ["sacct", "-a", "-D", "-P", "-n", "-j", str(job_id), "-o", ",".join(fields)]
         return parse_sacct(self.run(argv).stdout, fields)
 
+    def launch_step(self, srun_args: Sequence[str], command: Sequence[str], *, stdout: int,
+                    wrapper: str | None = None) -> subprocess.Popen:
+        """Start ``srun -l -u [srun_args] COMMAND`` with stdout+stderr to the fd ``stdout``.
+
+        The step runs in its own session, so signals meant for the caller do not reach it by
+        accident. ``wrapper`` is a ``sh -c`` script run on every task before ``exec``-ing the command.
+        """
+        argv = ["srun", "-l", "-u", *srun_args]
+        if wrapper:
+            argv += ["/bin/sh", "-c", wrapper, "ajr-task"]
+        argv += list(command)
+        log.debug("starting: %s", shlex.join(argv))
+        try:
+            return subprocess.Popen(argv, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=self.env(), start_new_session=True, close_fds=True)
+        except FileNotFoundError:
+            raise SlurmNotInstalled(argv, None, "", message="`srun` not found: Slurm's client commands "
+                                    "are not installed", hint="install them (apt-get install slurm-client)") from None
+
+    def pending_held_jobs(self, name: str, user: str) -> list[QueueRow]:
+        """Held pending jobs with this name and user (AJR's singleton_dependency chain)."""
+        rows = self.squeue_filtered(["-t", "PENDING", "-n", name, "-u", user])
+        return [r for r in rows if "held" in r.reason.lower() or r.reason in ("JobHeldUser", "JobHeldAdmin")]
+
+    def squeue_filtered(self, filters: Sequence[str]) -> list[QueueRow]:
+        return parse_squeue(self.run(["squeue", "-h", "-o", SQUEUE_FORMAT, *filters]).stdout)
+
     # -- actions ----------------------------------------------------------------------------
     def requeuehold(self, job_id: str | int) -> None:
         self.act(["scontrol", "requeuehold", str(job_id)])

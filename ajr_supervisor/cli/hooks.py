@@ -27,9 +27,20 @@ def node_epilog() -> None:
 
 
 @click.command("epilog")
-def epilog() -> None:
-    """Slurm EpilogSlurmctld hook: the backstop that finishes a recovery the supervisor left undone."""
-    _hook("epilog")
+@click.option("--finish", is_flag=True, hidden=True, help="Internal: the detached child's work.")
+def epilog(finish: bool) -> None:
+    """Slurm EpilogSlurmctld hook: the backstop that finishes a recovery the supervisor left undone.
+
+    With fast_restart set in the ajr config it also releases requeued jobs with StartTime=now+1
+    (about 1.5 s to the next attempt instead of cred_expire + 1 s).
+    """
+    from ajr_supervisor import hooks
+
+    env = dict(os.environ)
+    if finish:
+        hooks.finish(env)
+    else:
+        hooks.epilog(env)
 
 
 COMMANDS = [prolog, node_epilog, epilog]

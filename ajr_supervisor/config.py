@@ -1,0 +1,284 @@
+"""The system config: defaults -> YAML file -> ``AJR_*``/``APS_DRY_RUN`` environment -> CLI overrides.
+
+The YAML keys are the :class:`Config` field names; ``AJR_<FIELD_UPPER>`` sets a field from the
+environment (tuples comma-separated). Unknown keys and unknown ``AJR_*`` variables are errors, and
+every error is a :class:`ConfigError` whose one line names the source (file and key, or variable),
+says what is wrong and how to fix it. Reading the file is the only contact with the outside world.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+import yaml
+
+from ajr_supervisor.errors import UsageError
+
+DEFAULT_CONFIG_PATH = Path("/etc/ajr/ajr.yaml")
+#: ``AJR_*`` variables that are not config fields (tools, tests, hooks); never reported as unknown.
+NON_CONFIG_ENV = frozenset({"AJR_CONFIG", "AJR_DEBUG", "AJR_LAB_DIR", "AJR_HOOK_LOG", "AJR_KEEP_LAB",
+                            "AJR_TEST_LAB_DIR", "AJR_NVML_FAKE", "AJR_REGISTRY_TOKEN"})
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+class ConfigError(UsageError):
+    """The system config (file, environment or option) is wrong; the message names the source."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The supervisor's system settings; field names are the YAML keys, names say the unit."""
+
+    max_requeue_times: int = 10          # system limit; effective limit is min(system, job)
+    crash_loop_attempts: int = 3         # stop after this many failed attempts without a new checkpoint
+    hang_timeout_s: float = 120.0        # AJR's 2 minutes
+    settle_s: float = 1.0                # after a fatal line, collect more lines this long
+    stop_grace_s: float = 10.0           # SIGTERM -> SIGKILL grace when stopping the training step
+    log_dir: str | None = None           # None: $SLURM_LOG_DIR, else the current directory
+    state_dir: str | None = None         # None: "<job WorkDir>/.ajr" (found by both the job and EpilogSlurmctld)
+    enroll_partitions: tuple[str, ...] = ()    # jobs here are enrolled without a comment
+    checkpoint_patterns: tuple[str, ...] = ()  # extra regexes (case-insensitive) beyond AJR's
+    rules_files: tuple[str, ...] = ()    # extra rule files (YAML) beyond the packaged ones
+    fast_restart: bool = False           # release requeued jobs with StartTime=now+1 from the epilog
+    dry_run: bool = False
+    slurm_timeout_s: float = 30.0
+    poll_interval_s: float = 0.5
+    srun_kill_on_bad_exit: bool = True   # ajr run adds --kill-on-bad-exit=1 unless the user gave it
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            object.__setattr__(self, f.name, _checked(f.name, value, f"Config {f.name}={value!r}"))
+
+    def log_path(self, env: Mapping[str, str] | None = None) -> Path:
+        """Where unified logs go: ``log_dir``, else ``$SLURM_LOG_DIR``, else the current directory."""
+        env = os.environ if env is None else env
+        return Path(self.log_dir or env.get("SLURM_LOG_DIR") or os.getcwd())
+
+    def state_path(self, work_dir: str | os.PathLike) -> Path:
+        """Where job state files go: ``state_dir``, else ``<job WorkDir>/.ajr``.
+
+        The job's WorkDir is known to the supervisor (scontrol) and to EpilogSlurmctld
+        (``SLURM_JOB_WORK_DIR``), so both find the file without other shared knowledge.
+        """
+        return Path(self.state_dir) if self.state_dir else Path(work_dir) / ".ajr"
+
+
+class _Spec(NamedTuple):
+    kind: str            # "int", "float", "bool", "path", "list"
+    minimum: float = 0   # ints and floats: the smallest allowed value
+    strict: bool = False  # floats: the minimum itself is not allowed
+    example: str = ""
+
+
+_SPECS: dict[str, _Spec] = {
+    "max_requeue_times": _Spec("int", 0, example="10"),
+    "crash_loop_attempts": _Spec("int", 1, example="3"),
+    "hang_timeout_s": _Spec("float", 0, True, "120"),
+    "settle_s": _Spec("float", 0, False, "1"),
+    "stop_grace_s": _Spec("float", 0, False, "10"),
+    "log_dir": _Spec("path"),
+    "state_dir": _Spec("path"),
+    "enroll_partitions": _Spec("list", example="gpu,batch"),
+    "checkpoint_patterns": _Spec("list", example="saved checkpoint"),
+    "rules_files": _Spec("list", example="/etc/ajr/rules.d/site.yaml"),
+    "fast_restart": _Spec("bool"),
+    "dry_run": _Spec("bool"),
+    "slurm_timeout_s": _Spec("float", 0, True, "30"),
+    "poll_interval_s": _Spec("float", 0, True, "0.5"),
+    "srun_kill_on_bad_exit": _Spec("bool"),
+}
+FIELD_NAMES: tuple[str, ...] = tuple(sorted(_SPECS))
+_ENV_NAMES = {f"AJR_{name.upper()}": name for name in FIELD_NAMES}
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, object] | None = None) -> Config:
+    """Build the config: defaults, then the file, then the environment, then ``overrides``.
+
+    The file is ``path``, else ``$AJR_CONFIG``, else :data:`DEFAULT_CONFIG_PATH` if it exists.
+    ``env`` defaults to ``os.environ``. An override whose value is ``None`` counts as not given
+    (what click passes for an option left out).
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_file(Path(path), f"{path}", explicit=True))
+    elif env.get("AJR_CONFIG"):
+        values.update(_read_file(Path(env["AJR_CONFIG"]), f"AJR_CONFIG={env['AJR_CONFIG']!r}",
+                                 explicit=True))
+    else:
+        values.update(_read_file(DEFAULT_CONFIG_PATH, str(DEFAULT_CONFIG_PATH), explicit=False))
+    values.update(_from_env(env))
+    for key, raw in (overrides or {}).items():
+        if key not in _SPECS:
+            raise ConfigError(f"unknown option {key!r}", _valid_keys_hint(str(key)))
+        if raw is not None:
+            values[key] = _converted(key, raw, f"option {key}={raw!r}")
+    return Config(**values)
+
+
+def _read_file(path: Path, label: str, explicit: bool) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if not explicit:
+            return {}
+        raise ConfigError(f"{label}: config file not found",
+                          "create it, or name an existing file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{path}: cannot read the config file ({why})",
+                          "make it a readable UTF-8 YAML file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}", "fix the syntax there "
+                          "(indent with spaces; quote values containing ': ' or ' #')") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level is a {type(data).__name__}, not a mapping",
+                          "write one 'key: value' per line, e.g. 'hang_timeout_s: 120'")
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key not in _SPECS:
+            raise ConfigError(f"{path}: unknown key {key!r}", _valid_keys_hint(str(key)))
+        values[key] = _converted(key, raw, f"{path}: {key}={raw!r}")
+    return values
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "APS_DRY_RUN" in env:
+        values["dry_run"] = _converted("dry_run", env["APS_DRY_RUN"], f"APS_DRY_RUN={env['APS_DRY_RUN']!r}")
+    for var in sorted(env):
+        if not var.startswith("AJR_") or var in NON_CONFIG_ENV:
+            continue
+        name = _ENV_NAMES.get(var)
+        if name is None:
+            close = difflib.get_close_matches(var, list(_ENV_NAMES), n=1)
+            guess = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{var} is not an ajr configuration variable",
+                              f"unset it or fix its name{guess}; valid: {', '.join(sorted(_ENV_NAMES))}")
+        values[name] = _converted(name, env[var], f"{var}={env[var]!r}")
+    return values
+
+
+def _valid_keys_hint(key: str) -> str:
+    close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"valid keys: {', '.join(FIELD_NAMES)}{guess}"
+
+
+def _converted(name: str, raw: object, label: str) -> Any:
+    """Turn text (environment, quoted YAML) into the field's type, then check it."""
+    kind, value = _SPECS[name].kind, raw
+    if isinstance(raw, str):
+        text = raw.strip()
+        if kind == "int" and re.fullmatch(r"[+-]?\d+", text):
+            value = int(text)
+        elif kind == "float":
+            value = _number(text)
+        elif kind == "bool" and text.lower() in _TRUE | _FALSE:
+            value = text.lower() in _TRUE
+        elif kind == "list":
+            value = split_list(raw)
+    elif kind == "bool" and type(raw) is int and raw in (0, 1):
+        value = bool(raw)
+    elif kind == "path" and isinstance(raw, os.PathLike):
+        value = os.fspath(raw)
+    return _checked(name, value, label)
+
+
+def _checked(name: str, value: Any, label: str) -> Any:
+    """Check a typed value against its field's spec; return it normalised (tuples, floats, None)."""
+    spec = _SPECS[name]
+    if value is None and spec.kind != "path":
+        raise ConfigError(f"{label} has no value", "give it a value, or remove it to use the default")
+    if spec.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{label} is not a whole number", f"set a whole number, e.g. {spec.example}")
+        if value < spec.minimum:
+            raise ConfigError(f"{label} is {'negative' if spec.minimum == 0 else 'too small'}",
+                              f"set a whole number of at least {spec.minimum:g}, e.g. {spec.example}")
+    elif spec.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{label} is not a number", f"set a number of seconds, e.g. {spec.example}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{label} is not a finite number",
+                              f"set a number of seconds, e.g. {spec.example}")
+        if value < 0 or (spec.strict and value <= 0):
+            need = "greater than 0" if spec.strict else "0 or more"
+            raise ConfigError(f"{label} is {'negative' if value < 0 else 'zero'}",
+                              f"set a number of seconds {need}, e.g. {spec.example}")
+        value = float(value)
+    elif spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{label} is not a boolean", "set true or false (or yes/no, on/off, 1/0)")
+    elif spec.kind == "path":
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{label} is not a path", "set a directory path as a string, or leave it unset")
+        value = value or None
+    else:
+        value = _checked_list(name, value, label, spec)
+    return value
+
+
+def _checked_list(name: str, value: Any, label: str, spec: _Spec) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{label} is not a list of strings",
+                          f"write a YAML list of quoted strings, or {spec.example!r} in the environment")
+    if name == "checkpoint_patterns":
+        for pattern in value:
+            try:
+                re.compile(pattern, re.IGNORECASE)
+            except re.error as exc:
+                raise ConfigError(f"{label}: pattern {pattern!r} is not a valid regular expression ({exc})",
+                                  "fix it (Python re syntax, matched case-insensitively)") from None
+    return tuple(value)
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    """Split ``a,b,c`` into stripped non-empty items; a comma inside ``()``, ``{}``, ``[...]`` or
+    after a backslash does not split (so regexes like ``\\d{1,3}`` survive)."""
+    items: list[str] = []
+    buf: list[str] = []
+    depth, in_class, escaped = 0, False, False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch in "({":
+            depth += 1
+        elif ch in ")}" and depth:
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append("".join(buf))
+            buf = []
+            continue
+        buf.append(ch)
+    items.append("".join(buf))
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text          # _checked reports it

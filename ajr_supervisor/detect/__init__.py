@@ -1,0 +1,1 @@
+"""Pure detectors: lines, process exits and an injected clock in, findings out."""

@@ -1,0 +1,74 @@
+"""One pass over log lines: rank -> node marks, srun's reports, checkpoints and rule findings.
+
+Shared by the live supervisor, ``ajr epilog`` (when the supervisor died) and ``ajr analyze``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ajr_supervisor.detect.crash import line_finding, srun_findings
+from ajr_supervisor.detect.srun import Cancelled, SrunEvent, parse_rank_mark, parse_srun_line
+from ajr_supervisor.rules import RuleSet
+from ajr_supervisor.types import Finding, LogLine
+
+
+@dataclass(frozen=True)
+class CheckpointSeen:
+    line: LogLine
+    iteration: int | None
+
+
+@dataclass
+class LogAnalyzer:
+    rules: RuleSet
+    rank_nodes: dict[int, str] = field(default_factory=dict)
+    rank_pids: dict[int, int] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    srun_events: list[tuple[float, str, SrunEvent]] = field(default_factory=list)
+    checkpoints: list[CheckpointSeen] = field(default_factory=list)
+    lines: int = 0
+
+    def feed(self, line: LogLine) -> Finding | CheckpointSeen | None:
+        """Digest one line; returns the rule finding or checkpoint it produced, if any."""
+        self.lines += 1
+        text = line.text
+        if text.startswith("[ajr] rank "):
+            mark = parse_rank_mark(text)
+            if mark:
+                self.rank_nodes[mark[0]] = mark[1]
+                self.rank_pids[mark[0]] = mark[2]
+                return None
+        if text.startswith(("srun: ", "slurmstepd")) or "CANCELLED AT" in text:
+            event = parse_srun_line(text)
+            if event is not None:
+                shown = (f"{line.rank}: " if line.rank is not None else "") + text
+                self.srun_events.append((line.time, shown, event))
+                return None
+        ckpt = self.rules.checkpoint(text)
+        if ckpt is not None:
+            seen = CheckpointSeen(line, ckpt.iteration)
+            self.checkpoints.append(seen)
+            return seen
+        match = self.rules.match(text)
+        if match is None:
+            return None
+        finding = line_finding(line, match, self.rank_nodes)
+        self.findings.append(finding)
+        return finding
+
+    def feed_all(self, lines: Iterable[LogLine]) -> "LogAnalyzer":
+        for line in lines:
+            self.feed(line)
+        return self
+
+    def all_findings(self) -> list[Finding]:
+        """Rule findings plus what srun reported about how the tasks ended."""
+        return self.findings + srun_findings(self.srun_events)
+
+    def cancelled(self) -> Cancelled | None:
+        for _, _, ev in self.srun_events:
+            if isinstance(ev, Cancelled):
+                return ev
+        return None

@@ -1,0 +1,184 @@
+"""The per-job state file: every attempt, its anomalies, checkpoints, decision and actions.
+
+One JSON file per job id in the state directory, shared by the supervisor (inside the job, as the
+job's user) and ``ajr epilog`` (EpilogSlurmctld, as SlurmUser). Every change is read-modify-write under
+an exclusive ``flock`` on a sibling lock file, and lands atomically: temp file, fsync, rename, fsync
+of the directory. A file that cannot be read is kept aside (``*.corrupt-<time>``), never overwritten.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ajr_supervisor.errors import AjrError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class StateError(AjrError):
+    pass
+
+
+@dataclass
+class Attempt:
+    """One run of the job (Slurm's restart count is the attempt number)."""
+
+    attempt: int
+    started_at: float
+    nodes: list[str] = field(default_factory=list)
+    log_path: str = ""
+    host: str = ""
+    supervisor_pid: int | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    end_reason: str = ""                 # success, failure, hang, cancelled, requeued, stopped, lost...
+    anomalies: list[dict] = field(default_factory=list)
+    checkpoints: list[dict] = field(default_factory=list)
+    decision: dict | None = None         # verdict, reason, exclude, decided_at, finding, by
+    actions: list[dict] = field(default_factory=list)   # action, ok, at, error
+    log_offset: int = 0
+    rank_nodes: dict[str, str] = field(default_factory=dict)   # rank (as str) -> node
+
+    @property
+    def running(self) -> bool:
+        return self.ended_at is None
+
+    def done(self, action: str) -> bool:
+        return any(a["action"] == action and a.get("ok") for a in self.actions)
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    job_name: str = ""
+    user: str = ""
+    partition: str = ""
+    work_dir: str = ""
+    enrollment: dict = field(default_factory=dict)
+    excluded_nodes: list[str] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    final: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    version: int = SCHEMA_VERSION
+
+    def attempt(self, number: int) -> Attempt | None:
+        for a in self.attempts:
+            if a.attempt == number:
+                return a
+        return None
+
+    @property
+    def last(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "JobRecord":
+        known = {f.name for f in fields(cls)}
+        attempt_known = {f.name for f in fields(Attempt)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["attempts"] = [Attempt(**{k: v for k, v in a.items() if k in attempt_known})
+                            for a in data.get("attempts", [])]
+        data["job_id"] = str(data["job_id"])
+        return cls(**data)
+
+
+class StateStore:
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    def path(self, job_id: str) -> Path:
+        safe = str(job_id).replace("/", "_")
+        return self.directory / f"job_{safe}.json"
+
+    def load(self, job_id: str) -> JobRecord | None:
+        """The job's record, or None when there is none (or it was unreadable and set aside)."""
+        with self._locked(job_id):
+            return self._read(job_id)
+
+    def update(self, job_id: str, change: Callable[[JobRecord], Any]) -> JobRecord:
+        """Apply ``change`` to the job's record (created when missing) atomically, under the lock."""
+        with self._locked(job_id):
+            record = self._read(job_id) or JobRecord(job_id=str(job_id))
+            change(record)
+            self._write(record)
+            return record
+
+    # -- internals --------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self, job_id: str) -> Iterator[None]:
+        lock = self.path(job_id).with_suffix(".lock")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except PermissionError:   # created by the other side (root epilog / the job's user)
+                fd = os.open(lock, os.O_RDONLY)
+            self._give_to_owner(lock)
+        except OSError as exc:
+            raise StateError(f"cannot use the state directory {self.directory}: {exc.strerror}",
+                             "set state_dir in the ajr config to a directory the job's user can write") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read(self, job_id: str) -> JobRecord | None:
+        path = self.path(job_id)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            return JobRecord.from_dict(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            os.replace(path, aside)
+            log.warning("job %s: state file %s is unreadable (%s); kept it as %s and started a new one",
+                        job_id, path, exc, aside)
+            return None
+
+    def _give_to_owner(self, path: Path) -> None:
+        """As root (EpilogSlurmctld), leave files owned by the directory's owner (the job's user)."""
+        if os.geteuid() != 0:
+            return
+        st = self.directory.stat()
+        try:
+            os.chown(path, st.st_uid, st.st_gid)
+        except OSError:
+            pass
+
+    def _write(self, record: JobRecord) -> None:
+        path = self.path(record.job_id)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        data = json.dumps(record.to_dict(), indent=1, sort_keys=True, default=str) + "\n"
+        try:
+            with open(tmp, "w") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self._give_to_owner(tmp)
+            os.replace(tmp, path)
+            dfd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StateError(f"cannot write {path}: {exc.strerror}") from None

@@ -1,0 +1,322 @@
+"""The loop inside the allocation: gather -> detect -> decide -> act -> report.
+
+``Supervisor.run`` starts the training step (``srun -l -u``) writing straight to the unified log,
+follows that log, and on a fatal line (after a short settle), a hang or the step's exit decides with
+:mod:`ajr_supervisor.policy` and acts through :mod:`ajr_supervisor.recovery`. Everything it learns
+goes to the per-job state file first.
+
+Exit codes of ``ajr run`` (documented in the README):
+  the training's own code  when it ended and ajr did nothing (success, or a failure left alone)
+  75 (EXIT_REQUEUED)       ajr requeued the job (usually never seen: Slurm ends the batch script first)
+  79 (EXIT_STOPPED)        ajr stopped the job: requeue limit, crash loop or deterministic error
+  143                      the job was cancelled or ended by Slurm (scancel, time limit) while running
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ajr_supervisor.config import Config
+from ajr_supervisor.detect.analyzer import CheckpointSeen, LogAnalyzer
+from ajr_supervisor.detect.crash import exit_finding
+from ajr_supervisor.detect.hang import HangDetector
+from ajr_supervisor.detect.srun import TASK_WRAPPER
+from ajr_supervisor.enroll import Enrollment, effective_max_requeues
+from ajr_supervisor.logtail import LogFollower
+from ajr_supervisor.policy import PastAttempt, PolicyInput, decide
+from ajr_supervisor.recovery import Recovery
+from ajr_supervisor.rules import RuleSet
+from ajr_supervisor.slurm import Slurm, expand_hostlist
+from ajr_supervisor.state import Attempt, JobRecord, StateStore
+from ajr_supervisor.types import Decision, Finding, LogLine, Trigger, Verdict
+
+log = logging.getLogger(__name__)
+
+EXIT_REQUEUED = 75
+EXIT_STOPPED = 79
+EXIT_TERMINATED = 143
+MAX_RECORDED_ANOMALIES = 50
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What the supervisor knows about its job, read from Slurm at start."""
+
+    job_id: str
+    name: str
+    user: str
+    partition: str
+    work_dir: str
+    nodes: tuple[str, ...]
+    restarts: int
+    comment: str
+
+    @classmethod
+    def from_slurm(cls, slurm: Slurm, job_id: str) -> "JobContext":
+        job = slurm.show_job(job_id)
+        comment = slurm.job_comment(job_id)
+        return cls(job_id=str(job_id), name=job.name, user=job.user, partition=job.partition,
+                   work_dir=job.fields.get("WorkDir", os.getcwd()), nodes=tuple(expand_hostlist(job.nodes)),
+                   restarts=job.restarts, comment=comment)
+
+
+def log_file_name(job_name: str, job_id: str, when: float) -> str:
+    """AJR's unified log name: ``{job_name}_{job_id}_date_%y-%m-%d_time_%H-%M-%S.log``."""
+    safe = job_name.replace("/", "_") or "job"
+    return f"{safe}_{job_id}_date_{time.strftime('%y-%m-%d_time_%H-%M-%S', time.localtime(when))}.log"
+
+
+class Supervisor:
+    def __init__(self, job: JobContext, config: Config, enrollment: Enrollment, *, slurm: Slurm,
+                 store: StateStore, rules: RuleSet, log_dir: Path,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.job = job
+        self.config = config
+        self.enrollment = enrollment
+        self.slurm = slurm
+        self.store = store
+        self.rules = rules
+        self.log_dir = log_dir
+        self.clock = clock
+        self.wall = wall
+        self.attempt = job.restarts
+        self.hang_timeout_s = enrollment.hang_timeout_s or config.hang_timeout_s
+        self.max_requeues = effective_max_requeues(config.max_requeue_times, enrollment)
+        self.analyzer = LogAnalyzer(rules)
+        self.hang_findings: list[Finding] = []
+        self.checkpoints: list[dict] = []
+        self._terminated: int | None = None
+        self._follower: LogFollower | None = None
+
+    # -- logging helper -----------------------------------------------------------------------
+    def info(self, msg: str, *args) -> None:
+        log.info("job %s attempt %d: " + msg, self.job.job_id, self.attempt, *args)
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, srun_args: Sequence[str], command: Sequence[str]) -> int:
+        started = self.wall()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / log_file_name(self.job.name, self.job.job_id, started)
+        self._begin_attempt(started, log_path)
+        args = list(srun_args)
+        if self.config.srun_kill_on_bad_exit and not any(
+                a == "-K" or a.startswith(("-K", "--kill-on-bad-exit")) for a in args):
+            args.insert(0, "--kill-on-bad-exit=1")
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            proc = self.slurm.launch_step(args, command, stdout=fd, wrapper=TASK_WRAPPER)
+        finally:
+            os.close(fd)
+        self.info("started %s (log %s, hang timeout %gs, requeues %d of %d used)",
+                  " ".join(command), log_path, self.hang_timeout_s, self.attempt, self.max_requeues)
+        old_term = signal.signal(signal.SIGTERM, self._on_term)
+        follower = self._follower = LogFollower(log_path, clock=self.clock)
+        threading.Thread(target=self._wake_on_exit, args=(proc, follower), daemon=True).start()
+        try:
+            return self._supervise(proc, follower)
+        finally:
+            follower.close()
+            try:
+                signal.signal(signal.SIGTERM, old_term)
+            except (ValueError, TypeError):
+                pass
+
+    def _on_term(self, signum, frame) -> None:
+        self._terminated = signum
+        if self._follower is not None:
+            self._follower.wake()
+
+    @staticmethod
+    def _wake_on_exit(proc, follower: LogFollower) -> None:
+        proc.wait()
+        follower.wake()
+
+    def _supervise(self, proc, follower: LogFollower) -> int:
+        hang = HangDetector(self.hang_timeout_s, self.clock())
+        settle_until: float | None = None
+        decided = False
+        while True:
+            for line in follower.read_new():
+                if self._on_line(line, hang) and settle_until is None:
+                    settle_until = self.clock() + self.config.settle_s
+            rc = proc.poll()
+            now = self.clock()
+            if rc is not None:
+                for line in follower.read_new(final=True):
+                    self._on_line(line, hang)
+                if decided:   # dry run: the decision was made and logged; the step ended on its own
+                    self._end_attempt(rc, "dry run: ended on its own", None)
+                    return rc
+                return self._on_exit(rc)
+            if self._terminated is not None and not decided:
+                return self._on_external_end(proc)
+            if decided:
+                follower.wait(self.config.poll_interval_s)
+                continue
+            why = None
+            if settle_until is not None and now >= settle_until:
+                why = "fatal line"
+            else:
+                finding = hang.check(now)
+                if finding is not None:
+                    self.hang_findings.append(finding)
+                    self.info("HANG detected: %s", finding.reason)
+                    why = "hang"
+            if why:
+                result = self._decide_and_act(proc, step_failed=True, exit_code=None)
+                if result is not None:
+                    return result
+                decided = True        # dry run: keep following until the step ends
+                continue
+            timeout = self.config.poll_interval_s
+            if settle_until is not None:
+                timeout = min(timeout, max(0.0, settle_until - now))
+            timeout = min(timeout, max(0.01, hang.deadline() - now))
+            follower.wait(timeout)
+
+    def _on_line(self, line: LogLine, hang: HangDetector) -> bool:
+        """Feed one line to the detectors; True when it is a fatal line that proves death."""
+        hang.observe(line.time)
+        seen = self.analyzer.feed(line)
+        if isinstance(seen, CheckpointSeen):
+            self._record_checkpoint(line, seen.iteration)
+            return False
+        if isinstance(seen, Finding):
+            if len(self.analyzer.findings) <= 5 or seen.trigger == Trigger.IMMEDIATE:
+                self.info("%s (%s, rule %s) at line: %s", seen.anomaly.value, seen.component.value,
+                          seen.rule_id, seen.line)
+            return seen.trigger == Trigger.IMMEDIATE
+        return False
+
+    # -- endings ------------------------------------------------------------------------------
+    def _on_exit(self, rc: int) -> int:
+        if rc == 0:
+            self.info("the step completed (exit 0)")
+            self._record_decision(Decision(Verdict.NONE, "completed successfully"), step_failed=False)
+            self._end_attempt(0, "success", None)
+            return 0
+        self.info("the step failed (exit %d)", rc)
+        result = self._decide_and_act(None, step_failed=True, exit_code=rc)
+        return rc if result is None else result
+
+    def _on_external_end(self, proc) -> int:
+        """SIGTERM we did not cause: scancel, time limit, preemption or Slurm's own requeue."""
+        self.info("terminated by Slurm or the user (signal %d): no action", self._terminated)
+        try:
+            rc = proc.wait(timeout=5)
+        except Exception:
+            rc = None
+        self._record_decision(Decision(Verdict.NONE, "ended by Slurm or the user (SIGTERM)"), step_failed=False)
+        self._end_attempt(rc, "terminated", None)
+        return EXIT_TERMINATED
+
+    def _decide_and_act(self, proc, *, step_failed: bool, exit_code: int | None) -> int | None:
+        findings = self.hang_findings + self.analyzer.all_findings()
+        if exit_code is not None:
+            extra = exit_finding(exit_code, self.clock())
+            if extra is not None:
+                findings.append(extra)
+        cancelled = self.analyzer.cancelled()
+        external = ""
+        if cancelled and exit_code is not None and not [f for f in findings if f.trigger == Trigger.IMMEDIATE]:
+            external = f"cancelled{' due to ' + cancelled.why.lower() if cancelled.why else ''}"
+        record = self.store.load(self.job.job_id) or JobRecord(job_id=self.job.job_id)
+        previous = [PastAttempt(failed=a.end_reason not in ("success", "terminated"), new_checkpoint=bool(a.checkpoints))
+                    for a in record.attempts if a.attempt < self.attempt]
+        decision = decide(PolicyInput(
+            findings=findings, step_failed=step_failed, restarts=self.attempt, max_requeues=self.max_requeues,
+            crash_loop_attempts=self.config.crash_loop_attempts, new_checkpoint=bool(self.checkpoints),
+            previous=previous, allocation=self.job.nodes, excluded=record.excluded_nodes,
+            ended_externally=external))
+        self.info("decision %s: %s", decision.verdict.value, decision.reason)
+        self._record_decision(decision, step_failed=step_failed, findings=findings)
+        recovery = Recovery(self.slurm, self.store, self.job, self.attempt, self.enrollment, self.config)
+        if decision.verdict == Verdict.NONE:
+            self._end_attempt(exit_code, external or "failure", None)
+            return None if exit_code is not None else None
+        if self.slurm.dry_run:
+            recovery.execute(decision, step=None)
+            self.info("dry run: nothing changed; the training goes on")
+            return None if proc is not None else (exit_code if exit_code is not None else 0)
+        end_reason = {Verdict.STOP: "stopped", Verdict.REQUEUE: "requeued",
+                      Verdict.EXCLUDE_AND_REQUEUE: "requeued"}[decision.verdict]
+        self._end_attempt(exit_code, end_reason, decision)
+        ok = recovery.execute(decision, step=proc)
+        if decision.verdict == Verdict.STOP:
+            return EXIT_STOPPED
+        return EXIT_REQUEUED if ok else EXIT_STOPPED
+
+    # -- state ----------------------------------------------------------------------------------
+    def _begin_attempt(self, started: float, log_path: Path) -> None:
+        job = self.job
+
+        def change(rec: JobRecord) -> None:
+            rec.job_name, rec.user, rec.partition, rec.work_dir = job.name, job.user, job.partition, job.work_dir
+            rec.enrollment = asdict(self.enrollment)
+            for a in rec.attempts:
+                if a.running and a.attempt != self.attempt:
+                    a.ended_at = started
+                    a.end_reason = a.end_reason or "lost"
+            rec.attempts = [a for a in rec.attempts if a.attempt != self.attempt]
+            rec.attempts.append(Attempt(attempt=self.attempt, started_at=started, nodes=list(job.nodes),
+                                        log_path=str(log_path), host=socket.gethostname(),
+                                        supervisor_pid=os.getpid()))
+            rec.attempts.sort(key=lambda a: a.attempt)
+
+        self.store.update(job.job_id, change)
+
+    def _current(self, rec: JobRecord) -> Attempt:
+        a = rec.attempt(self.attempt)
+        if a is None:
+            a = Attempt(attempt=self.attempt, started_at=self.wall())
+            rec.attempts.append(a)
+        return a
+
+    def _record_checkpoint(self, line: LogLine, iteration: int | None) -> None:
+        entry = {"time": self.wall(), "iteration": iteration, "line": line.text[:300]}
+        self.checkpoints.append(entry)
+        self.info("checkpoint saved%s", f" (iteration {iteration})" if iteration is not None else "")
+        self.store.update(self.job.job_id, lambda rec: self._current(rec).checkpoints.append(entry))
+
+    def _record_decision(self, decision: Decision, *, step_failed: bool, findings: Sequence[Finding] = ()) -> None:
+        now = self.wall()
+        entry = {"verdict": decision.verdict.value, "reason": decision.reason, "exclude": list(decision.exclude),
+                 "decided_at": now, "by": "supervisor", "dry_run": self.slurm.dry_run,
+                 "finding": _finding_dict(decision.finding) if decision.finding else None}
+
+        def change(rec: JobRecord) -> None:
+            a = self._current(rec)
+            a.decision = entry
+            a.anomalies = [_finding_dict(f) for f in findings][:MAX_RECORDED_ANOMALIES]
+            a.rank_nodes = {str(k): v for k, v in sorted(self.analyzer.rank_nodes.items())}
+            if self._follower is not None:
+                a.log_offset = self._follower.offset
+
+        self.store.update(self.job.job_id, change)
+
+    def _end_attempt(self, exit_code: int | None, reason: str, decision: Decision | None) -> None:
+        now = self.wall()
+
+        def change(rec: JobRecord) -> None:
+            a = self._current(rec)
+            a.ended_at, a.exit_code, a.end_reason = now, exit_code, reason
+            if decision is not None and decision.verdict == Verdict.STOP and not self.slurm.dry_run:
+                rec.final = {"verdict": "STOP", "reason": decision.reason, "at": now, "attempt": self.attempt}
+
+        self.store.update(self.job.job_id, change)
+
+
+def _finding_dict(f: Finding) -> dict:
+    d = asdict(f)
+    for key in ("anomaly", "component", "action", "trigger"):
+        d[key] = d[key].value if hasattr(d[key], "value") else d[key]
+    d["nodes"] = list(f.nodes)
+    return d
