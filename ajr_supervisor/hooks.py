@@ -9,9 +9,9 @@ anything holding the hook's stdout keeps the job COMPLETING).
 
 The child, ``finish``:
   * after a requeuehold that the supervisor decided (its decision is in the state file): with
-    ``fast_restart``, waits for PENDING and releases with ``StartTime=now+1`` (1.5 s to the next
-    batch start instead of cred_expire+1); otherwise it waits ``finish_timeout_s`` and completes
-    whatever the supervisor left undone (exclusion, release);
+    ``fast_restart``, waits for PENDING and sets ``StartTime=now+1`` (about 1.5 s to the next batch
+    start instead of cred_expire + 1); then, if the job is still held after ``FINISH_TIMEOUT_S``,
+    completes whatever the supervisor left undone (exclusion, release);
   * after an attempt that ended with no decision (supervisor killed, or never started): analyses the
     attempt's log, applies the policy, and requeues / excludes / releases itself.
 It never touches a node outside the job's own allocation (or the exclusions already recorded).
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 KEYS = ("SLURM_JOB_ID", "SLURMD_NODENAME", "SLURM_JOB_RESTART_COUNT", "SLURM_JOB_USER",
         "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_EXIT_CODE2", "SLURM_SCRIPT_CONTEXT")
-HELD_REASON = "job_requeued_in_held_state"
 PENDING_TIMEOUT_S = 120.0
 FINISH_TIMEOUT_S = 15.0
 
@@ -130,8 +129,12 @@ def _finish(env, config, slurm, job_id: str, clock, sleep) -> str:
     store = StateStore(config.state_path(env.get("SLURM_JOB_WORK_DIR", ".")))
     restarts = int(env.get("SLURM_JOB_RESTART_COUNT", "0") or 0)
     allocation = _nodes(env.get("SLURM_JOB_NODELIST", ""))
-    job = slurm.show_job(job_id)
-    if job.reason == HELD_REASON or (job.held and job.base_state == "PENDING"):
+    # On a requeuehold Slurm has already counted the restart: the attempt that just ended is
+    # restarts - 1, and the state file holds the supervisor's requeue decision for it.
+    record = store.load(job_id)
+    prev = record.attempt(restarts - 1) if record and restarts > 0 else None
+    if (prev is not None and record.attempt(restarts) is None and prev.decision
+            and prev.decision.get("verdict") in ("REQUEUE", "EXCLUDE_AND_REQUEUE")):
         return _after_requeuehold(env, config, slurm, store, job_id, restarts - 1, allocation, clock, sleep)
     # Any other end: wait until Slurm is done with the job, then see whether anybody decided.
     job, _ = _wait_job(slurm, job_id, lambda j: j.base_state != "COMPLETING", PENDING_TIMEOUT_S, clock, sleep)
@@ -153,28 +156,29 @@ def _after_requeuehold(env, config, slurm, store, job_id, attempt_no, allocation
     job, pending = _wait_job(slurm, job_id, lambda j: j.base_state == "PENDING", PENDING_TIMEOUT_S, clock, sleep)
     if not pending:
         return f"job still {job.state} after {PENDING_TIMEOUT_S:g} s: left for the registry's watchdog"
-    if not config.fast_restart:
-        deadline = clock() + FINISH_TIMEOUT_S
-        while clock() < deadline:
-            attempt = store.load(job_id).attempt(attempt_no)
-            if attempt.done("release") or not slurm.show_job(job_id).held:
-                return "the supervisor completed the requeue"
-            sleep(0.2)
+    done: list[str] = []
+    if config.fast_restart:
+        # Slurm set BeginTime to requeue time + cred_expire + 1 when the job left COMPLETING.
+        # now+1, not now: a start in the same second as the kill fails with "Job credential revoked".
+        slurm.update_job(job_id, StartTime="now+1")
+        done.append("StartTime=now+1")
+    # Backstop: the supervisor normally excludes and releases within milliseconds of requeuehold.
+    deadline = clock() + FINISH_TIMEOUT_S
+    while clock() < deadline:
+        job = slurm.show_job(job_id)
+        if not job.held:
+            return ("fast restart: " + ", ".join(done)) if done else "the supervisor completed the requeue"
+        sleep(0.2)
+    record = store.load(job_id)
     exclude = _allowed(decision.get("exclude", []), allocation, record.excluded_nodes if record else [])
-    job = slurm.show_job(job_id)
-    actions = []
-    if sorted(set(_nodes(job.exc_nodes))) != sorted(exclude) and exclude:
+    if exclude and sorted(set(_nodes(job.exc_nodes))) != exclude:
         slurm.set_excluded_nodes(job_id, exclude)
-        store.update(job_id, lambda rec: setattr(rec, "excluded_nodes", sorted(set(exclude))))
-        actions.append("exclude " + ",".join(exclude))
-    if job.held:
-        if config.fast_restart:
-            slurm.update_job(job_id, StartTime="now+1")
-            actions.append("StartTime=now+1")
-        slurm.release(job_id)
-        actions.append("release")
-        _record_actions(store, job_id, attempt_no, actions)
-    return ("fast restart: " if config.fast_restart else "finished for the supervisor: ") + (", ".join(actions) or "nothing left")
+        store.update(job_id, lambda rec: setattr(rec, "excluded_nodes", exclude))
+        done.append("exclude " + ",".join(exclude))
+    slurm.release(job_id)
+    done.append("release")
+    _record_actions(store, job_id, attempt_no, done)
+    return "finished the requeue the supervisor left half done: " + ", ".join(done)
 
 
 def _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, attempt) -> str:

@@ -5,8 +5,8 @@ user, ignoring the SIGTERM that ``requeuehold`` brings:
 
     scontrol requeuehold JOBID                 (Slurm kills the step and the batch script)
     scontrol update JobId=JOBID ExcNodeList=<union of all exclusions>   (only when it changed)
-    scontrol release JOBID                     (skipped with fast_restart: EpilogSlurmctld releases
-                                                 with StartTime=now+1 once the job is PENDING)
+    scontrol release JOBID                     (with fast_restart, EpilogSlurmctld then sets
+                                                 StartTime=now+1 once the job is PENDING)
 
 Each action is recorded in the state file as it completes, so ``ajr epilog`` can finish a sequence
 the supervisor could not (killed half way). STOP stops the step: SIGTERM, grace, SIGKILL.
@@ -69,9 +69,6 @@ class Recovery:
                           detail=",".join(decision.exclude)) and ok
             if ok and not self.slurm.dry_run:
                 self.store.update(job_id, lambda rec: setattr(rec, "excluded_nodes", sorted(decision.exclude)))
-        if self.config.fast_restart:
-            log.info("job %s attempt %d: fast restart: EpilogSlurmctld releases the job", job_id, self.attempt)
-            return ok
         return self._do("release", lambda: self.slurm.release(job_id)) and ok
 
     def _do(self, action: str, call, detail: str = "") -> bool:

@@ -20,6 +20,8 @@ Options:
   --ckpt-every K     checkpoint interval in iterations (default 10)
   --no-ckpt          never save (resuming from an existing checkpoint still works)
   --fail-at I        inject a failure at the start of iteration I (never logged)
+  --fail-after N     inject it after N iterations of every attempt instead (a job that keeps
+                     crashing but keeps making progress, when it checkpoints more often than N)
   --fail-rank R      ... on rank R (default 0)
   --fail-node NAME   ... on whichever rank runs on node NAME (instead of --fail-rank)
   --fail-attempt A   ... only in attempt A (= SLURM_RESTART_COUNT); default: every attempt
@@ -112,7 +114,9 @@ def parse_args(argv):
     p.add_argument("--ckpt-dir", required=True)
     p.add_argument("--ckpt-every", type=int, default=10)
     p.add_argument("--no-ckpt", action="store_true")
-    p.add_argument("--fail-at", type=int)
+    fail_when = p.add_mutually_exclusive_group()
+    fail_when.add_argument("--fail-at", type=int)
+    fail_when.add_argument("--fail-after", type=int)
     who = p.add_mutually_exclusive_group()
     who.add_argument("--fail-rank", type=int)
     who.add_argument("--fail-node")
@@ -125,6 +129,8 @@ def parse_args(argv):
         p.error("--iters and --step-s must be >= 0, --ckpt-every >= 1, --slow-factor > 0")
     if args.fail_at is not None and args.fail_at < 1:
         p.error("--fail-at must be >= 1 (iterations count from 1)")
+    if args.fail_after is not None and args.fail_after < 1:
+        p.error("--fail-after must be >= 1")
     return args
 
 
@@ -140,7 +146,7 @@ class Env:
 
 def fault_targets(args, env: Env):
     """(on this rank, on some rank of this job step): where the injected failure happens this attempt."""
-    if args.fail_at is None or args.fail_attempt not in (None, env.attempt):
+    if (args.fail_at is None and args.fail_after is None) or args.fail_attempt not in (None, env.attempt):
         return False, False
     if args.fail_node is not None:
         return env.node == args.fail_node, env.nodes is None or args.fail_node in env.nodes
@@ -258,9 +264,10 @@ def train(args, env: Env) -> int:
     slow = args.slow_factor if args.slow_node in (None, env.node) else 1.0
     noise = random.Random(rank * 1000 + env.attempt)
     here, in_job = fault_targets(args, env)
+    fail_at = args.fail_at if args.fail_after is None else start + args.fail_after + 1
     saved = start
     for it in range(start + 1, args.iters + 1):
-        if it == args.fail_at:
+        if it == fail_at:
             if here:
                 inject(args.fail_mode, env, it)
             elif in_job and args.fail_mode == "hang":

@@ -68,7 +68,8 @@ class LogAnalyzer:
         return self.findings + srun_findings(self.srun_events)
 
     def cancelled(self) -> Cancelled | None:
-        for _, _, ev in self.srun_events:
-            if isinstance(ev, Cancelled):
-                return ev
+        """The cancellation that ended the step, when it came first (scancel, time limit, Slurm's
+        own requeue). A cancellation after a task failed is srun's --kill-on-bad-exit at work."""
+        if self.srun_events and isinstance(self.srun_events[0][2], Cancelled):
+            return self.srun_events[0][2]
         return None

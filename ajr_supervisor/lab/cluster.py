@@ -214,6 +214,9 @@ class Lab:
             key.write_bytes(secrets.token_bytes(1024))
         key.chmod(0o400)
         s.slurm_conf.write_text(render_slurm_conf(s))
+        if not s.ajr_conf.exists():
+            s.ajr_conf.write_text("# ajr system config for this lab's hooks (see `ajr run --help`).\n"
+                                  "# fast_restart: true\n")
         for script, command in HOOKS.items():
             path = s.hooks_dir / script
             path.write_text(render_hook(s, command))

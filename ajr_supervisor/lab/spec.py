@@ -80,6 +80,11 @@ class LabSpec:
         return self.root / "etc" / "slurm.conf"
 
     @property
+    def ajr_conf(self) -> Path:
+        """The ajr system config the lab's hooks read (the lab's stand-in for /etc/ajr/ajr.yaml)."""
+        return self.root / "etc" / "ajr.yaml"
+
+    @property
     def slurmdbd_conf(self) -> Path:
         return self.root / "etc" / "slurmdbd.conf"
 
@@ -234,5 +239,6 @@ def render_hook(spec: LabSpec, command: str) -> str:
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH\n"
         f"SLURM_CONF={spec.slurm_conf}; export SLURM_CONF\n"
         f"AJR_HOOK_LOG={spec.hook_log}; export AJR_HOOK_LOG\n"
+        f"AJR_CONFIG={spec.ajr_conf}; export AJR_CONFIG\n"
         f"exec {spec.python} -m ajr_supervisor {command} \"$@\"\n"
     )

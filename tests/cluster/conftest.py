@@ -46,8 +46,11 @@ def jobs(slurm):
     """Submit jobs through this; they are cancelled when the test ends."""
     submitted: list[str] = []
 
-    def submit(*args: str) -> str:
-        job_id = slurm.sbatch(list(args))
+    def submit(*args: str, env: dict[str, str] | None = None) -> str:
+        """sbatch ARGS; ``env`` adds variables to the job's environment (sbatch exports them)."""
+        runner = slurm if env is None else Slurm(slurm.conf, timeout_s=slurm.timeout_s,
+                                                 env={**os.environ, **env})
+        job_id = runner.sbatch(list(args))
         submitted.append(job_id)
         return job_id
 

@@ -284,3 +284,17 @@ def test_argument_errors_exit_2(tmp_path, args):
     cmd = [sys.executable, str(TRAIN)] + (["--ckpt-dir", str(tmp_path)] if args else []) + args
     r = subprocess.run(cmd, env=slurm_env(), capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_fail_after_fails_every_attempt_after_progress(tmp_path):
+    """--fail-after N: each attempt runs N iterations from its checkpoint, then fails."""
+    ck = tmp_path / "ck"
+    cmd = [sys.executable, str(TRAIN), "--iters", "20", "--step-s", "0", "--ckpt-dir", str(ck),
+           "--ckpt-every", "2", "--fail-after", "3", "--fail-mode", "exit:4"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert first.returncode == 4
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "SLURM_RESTART_COUNT": "1"})
+    assert second.returncode == 4
+    assert "resuming from checkpoint iteration 2" in second.stdout
+    assert "iteration        5/" in second.stdout and "iteration        6/" not in second.stdout

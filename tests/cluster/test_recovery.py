@@ -1,0 +1,252 @@
+"""`ajr run` on the real lab: the recovery loop end to end, checked from Slurm and the state file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ajr_supervisor.state import StateStore
+from ajr_supervisor.slurm import expand_hostlist
+from tests.cluster.helpers import read, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = REPO / "slurm_examples" / "train.py"
+AJR = str(Path(sys.executable).with_name("ajr"))
+FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+
+
+def comment(**aps) -> str:
+    return json.dumps({"APS": aps})
+
+
+@pytest.fixture
+def run_job(jobs, slurm, job_dir):
+    """Write an sbatch script (ajr run ... inside) and submit it; returns the job id."""
+
+    def submit(body: str, *, aps: dict | None = None, nodes: int = 2, env: dict | None = None,
+               config: str | None = None, extra: tuple[str, ...] = ()) -> str:
+        script = job_dir / "job.sh"
+        script.write_text("#!/bin/bash\n" + textwrap.dedent(body))
+        job_env = {"AJR": AJR, "PY": sys.executable, "TRAIN": str(TRAIN), "CK": str(job_dir / "ckpt"),
+                   "PYTHONUNBUFFERED": "1", **(env or {})}
+        if config is not None:
+            (job_dir / "ajr.yaml").write_text(config)
+            job_env["AJR_CONFIG"] = str(job_dir / "ajr.yaml")
+        else:
+            job_env["AJR_CONFIG"] = str(job_dir / "none.yaml")
+            (job_dir / "none.yaml").write_text("# defaults\n")
+        return jobs(f"-N{nodes}", "--ntasks-per-node=1", "--requeue", "--open-mode=append",
+                    "--job-name=t", f"--chdir={job_dir}", f"--output={job_dir}/batch.out",
+                    f"--comment={comment(**(aps if aps is not None else {}))}", *extra, str(script),
+                    env=job_env)
+
+    return submit
+
+
+def final_job(slurm, job_id, timeout_s=90):
+    return wait_for(lambda: (j := slurm.show_job(job_id)).base_state in FINAL and j, timeout_s,
+                    f"job {job_id} to finish")
+
+
+def state(job_dir, job_id):
+    rec = StateStore(job_dir / ".ajr").load(job_id)
+    assert rec is not None, f"no state file for job {job_id}"
+    return rec
+
+
+def test_ajr_verification_requeue_then_stop(run_job, slurm, job_dir):
+    """AJR's own install-guide test with max_requeue_times 1: crash, requeue once, crash, stop."""
+    body = (REPO / "slurm_examples" / "ajr_verification_requeue.sh").read_text().split("\n", 1)[1]
+    body = re.sub(r"^#SBATCH.*\n", "", body, flags=re.M)
+    job_id = run_job(body, aps={"auto_resume_mode": "requeue", "max_requeue_times": 1})
+    job = final_job(slurm, job_id)
+    assert job.restarts == 1
+    rec = state(job_dir, job_id)
+    assert [a.attempt for a in rec.attempts] == [0, 1]
+    first, second = rec.attempts
+    assert first.decision["verdict"] == "REQUEUE" and first.decision["finding"]["rule_id"] == "segfault"
+    assert [a["action"] for a in first.actions] == ["requeuehold", "release"]
+    assert all(a["ok"] for a in first.actions)
+    assert second.decision["verdict"] == "STOP" and "requeue limit reached (1 of 1" in second.decision["reason"]
+    assert second.actions == []
+    assert rec.final["verdict"] == "STOP"
+    out = read(job_dir / "batch.out")
+    assert out.count("decision REQUEUE") == 1 and out.count("decision STOP") == 1
+    # We acted at the line, without waiting for the 30 s sleep to end.
+    assert first.ended_at - first.started_at < 10 and second.ended_at - second.started_at < 10
+
+
+def test_crash_by_exit_code_is_requeued_and_resumes(run_job, slurm, job_dir):
+    job_id = run_job("""
+        "$AJR" run -- "$PY" "$TRAIN" --iters 12 --step-s 0.05 --ckpt-dir "$CK" --ckpt-every 4 \\
+            --fail-at 7 --fail-mode exit:3 --fail-attempt 0
+        """)
+    job = final_job(slurm, job_id)
+    assert job.base_state == "COMPLETED" and job.restarts == 1
+    rec = state(job_dir, job_id)
+    first, second = rec.attempts
+    assert first.decision["verdict"] == "REQUEUE"
+    assert "exited with code 3" in first.decision["reason"]
+    assert [c["iteration"] for c in first.checkpoints] == [4]
+    assert second.decision["verdict"] == "NONE" and second.end_reason == "success"
+    second_log = read(Path(second.log_path))
+    assert "resuming from checkpoint iteration 4" in second_log and "training finished: 12 iterations" in second_log
+
+
+def test_killed_by_signal_on_one_node_excludes_it(run_job, slurm, job_dir):
+    """The real trainer: rank 1's node loses its process to SIGKILL; the job resumes elsewhere."""
+    job_id = run_job("""
+        "$AJR" run -- "$PY" "$TRAIN" --iters 16 --step-s 0.05 --ckpt-dir "$CK" --ckpt-every 5 \\
+            --fail-at 8 --fail-rank 1 --fail-mode signal:KILL --fail-attempt 0
+        """)
+    job = final_job(slurm, job_id)
+    assert job.base_state == "COMPLETED" and job.restarts == 1
+    rec = state(job_dir, job_id)
+    first, second = rec.attempts
+    bad = first.rank_nodes["1"]
+    assert first.decision["verdict"] == "EXCLUDE_AND_REQUEUE"
+    assert first.decision["exclude"] == [bad]
+    assert rec.excluded_nodes == [bad]
+    assert job.exc_nodes == bad
+    assert bad not in second.nodes and bad not in expand_hostlist(job.nodes)
+    second_log = read(Path(second.log_path))
+    assert "resuming from checkpoint iteration 5" in second_log
+    assert "training finished: 16 iterations" in second_log
+
+
+def test_hang_is_detected_and_requeued(run_job, slurm, job_dir):
+    job_id = run_job("""
+        "$AJR" run -- "$PY" "$TRAIN" --iters 10 --step-s 0.05 --ckpt-dir "$CK" --ckpt-every 3 \\
+            --fail-at 5 --fail-mode hang --fail-attempt 0
+        """, aps={"hang_timeout_s": 3})
+    job = final_job(slurm, job_id)
+    assert job.base_state == "COMPLETED" and job.restarts == 1
+    first, second = state(job_dir, job_id).attempts
+    assert first.decision["verdict"] == "REQUEUE"
+    assert first.decision["finding"]["anomaly"] == "HANG"
+    assert 3 <= first.ended_at - first.started_at < 15
+    assert second.end_reason == "success"
+
+
+def test_completed_job_gets_no_action(run_job, slurm, job_dir):
+    job_id = run_job("""
+        "$AJR" run -- "$PY" "$TRAIN" --iters 5 --step-s 0.02 --ckpt-dir "$CK" --ckpt-every 2
+        """)
+    job = final_job(slurm, job_id)
+    assert job.base_state == "COMPLETED" and job.restarts == 0 and job.exit_code == "0:0"
+    [only] = state(job_dir, job_id).attempts
+    assert only.decision["verdict"] == "NONE" and only.actions == [] and only.exit_code == 0
+    assert [c["iteration"] for c in only.checkpoints] == [2, 4, 5]
+
+
+def test_scancel_is_not_requeued(run_job, slurm, job_dir):
+    job_id = run_job("""
+        "$AJR" run -- "$PY" "$TRAIN" --iters 400 --step-s 0.05 --ckpt-dir "$CK"
+        """)
+    wait_for(lambda: "iteration        3/" in read(job_dir / "batch.out") + "".join(
+        read(p) for p in job_dir.glob("t_*.log")), 30, "the training to run")
+    slurm.scancel(job_id)
+    job = final_job(slurm, job_id)
+    assert job.base_state == "CANCELLED" and job.restarts == 0
+    [only] = wait_for(lambda: (r := state(job_dir, job_id)).attempts[0].ended_at and r.attempts, 10,
+                      "the supervisor to record the end")
+    assert only.decision["verdict"] == "NONE" and only.end_reason == "terminated" and only.actions == []
+
+
+def test_deterministic_error_stops_after_one_attempt(run_job, slurm, job_dir):
+    job_id = run_job("""
+        "$AJR" run -- "$PY" -c "print('loading model'); import apex_fused_layer_norm_missing"
+        echo "ajr exit $?"
+        """)
+    job = final_job(slurm, job_id)
+    assert job.restarts == 0
+    rec = state(job_dir, job_id)
+    [only] = rec.attempts
+    assert only.decision["verdict"] == "STOP"
+    assert only.decision["finding"]["rule_id"] == "python_import_error"
+    assert rec.final["verdict"] == "STOP"
+    assert "ajr exit 79" in read(job_dir / "batch.out")
+
+
+def test_crash_loop_without_checkpoints_stops(run_job, slurm, job_dir):
+    job_id = run_job("""
+        "$AJR" run -- "$PY" "$TRAIN" --iters 50 --step-s 0.02 --ckpt-dir "$CK" --no-ckpt \\
+            --fail-at 3 --fail-mode exit:2
+        """, aps={"max_requeue_times": 10}, config="crash_loop_attempts: 2\n")
+    job = final_job(slurm, job_id, timeout_s=120)
+    assert job.restarts == 1
+    rec = state(job_dir, job_id)
+    assert [a.decision["verdict"] for a in rec.attempts] == ["REQUEUE", "STOP"]
+    assert "crash loop: 2 attempts in a row failed without a new checkpoint" in rec.final["reason"]
+
+
+def test_checkpointing_job_is_not_stopped_by_the_crash_loop_rule(run_job, slurm, job_dir):
+    job_id = run_job("""
+        "$AJR" run -- "$PY" "$TRAIN" --iters 100 --step-s 0.02 --ckpt-dir "$CK" --ckpt-every 2 \\
+            --fail-after 3 --fail-mode exit:2
+        """, aps={"max_requeue_times": 3}, config="crash_loop_attempts: 2\n")
+    job = final_job(slurm, job_id, timeout_s=150)
+    assert job.restarts == 3
+    rec = state(job_dir, job_id)
+    assert [a.decision["verdict"] for a in rec.attempts] == ["REQUEUE", "REQUEUE", "REQUEUE", "STOP"]
+    assert all(a.checkpoints for a in rec.attempts)
+    assert "requeue limit reached (3 of 3 used)" in rec.final["reason"]
+
+
+def test_dry_run_changes_nothing(run_job, slurm, job_dir):
+    job_id = run_job("""
+        "$AJR" run -- "$PY" "$TRAIN" --iters 8 --step-s 0.05 --ckpt-dir "$CK" \\
+            --fail-at 4 --fail-rank 1 --fail-mode signal:KILL
+        """, env={"APS_DRY_RUN": "true"})
+    job = final_job(slurm, job_id)
+    assert job.restarts == 0
+    out = read(job_dir / "batch.out")
+    assert re.search(r"would run: scontrol requeuehold " + job_id + r"\b", out)
+    assert "would run: scontrol update JobId=" + job_id + " ExcNodeList=" in out
+    assert "would run: scontrol release " + job_id in out
+    [only] = state(job_dir, job_id).attempts
+    assert only.decision["dry_run"] is True and only.decision["verdict"] == "EXCLUDE_AND_REQUEUE"
+    assert state(job_dir, job_id).excluded_nodes == []
+
+
+def test_bad_comment_runs_unsupervised_with_one_clear_line(jobs, slurm, job_dir):
+    script = job_dir / "job.sh"
+    script.write_text(f"#!/bin/bash\n{AJR} run -- {sys.executable} -c 'print(\"trained\")'\n")
+    job_id = jobs("-N1", f"--chdir={job_dir}", f"--output={job_dir}/batch.out",
+                  '--comment={"APS": {"max_requeue_times": -1}}', str(script))
+    job = final_job(slurm, job_id)
+    assert job.base_state == "COMPLETED"
+    out = read(job_dir / "batch.out")
+    lines = [ln for ln in out.splitlines() if ln.startswith("ajr:")]
+    assert len(lines) == 1 and "runs WITHOUT supervision" in lines[0] and "max_requeue_times" in lines[0]
+    logs = list(job_dir.glob("job.sh_*_date_*_time_*.log"))
+    assert len(logs) == 1 and "trained" in read(logs[0])
+
+
+def test_epilog_finishes_when_the_supervisor_was_killed(run_job, slurm, job_dir):
+    """The backstop: the supervisor dies, the training fails later; EpilogSlurmctld requeues it."""
+    job_id = run_job("""
+        "$AJR" run -- "$PY" "$TRAIN" --iters 30 --step-s 0.1 --ckpt-dir "$CK" --ckpt-every 5 \\
+            --fail-at 20 --fail-mode exit:5 --fail-attempt 0 &
+        if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then
+            sleep 1.5; kill -9 $!                          # the supervisor dies, srun goes on
+            while pgrep -f -- "--ckpt-dir $CK" >/dev/null; do sleep 0.2; done
+            exit 5
+        fi
+        wait $!
+        """)
+    # The first attempt ends FAILED; the epilog's detached child requeues it moments later.
+    job = wait_for(lambda: (j := slurm.show_job(job_id)).restarts >= 1 and j.base_state in FINAL and j,
+                   120, "the requeued attempt to finish")
+    assert job.base_state == "COMPLETED" and job.restarts == 1
+    rec = state(job_dir, job_id)
+    first, second = rec.attempts
+    assert first.decision["by"] == "epilog" and first.decision["verdict"] == "REQUEUE"
+    assert "exited with code 5" in first.decision["reason"]
+    assert second.end_reason == "success"
