@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 SYSTEM_PACKAGES = slurm-wlm munge slurmdbd mariadb-server iproute2 util-linux
 PYTEST_ARGS ?=
 
-.PHONY: all deps system-deps venv test unit cluster demo demo-down clean
+.PHONY: all deps system-deps venv test unit cluster bench demo demo-down clean
 
 all: test
 
@@ -41,6 +41,9 @@ unit: venv
 
 cluster: deps
 	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
+
+bench: deps
+	$(BIN)/python benchmarks/recovery.py
 
 demo: deps
 	AJR=$(BIN)/ajr bash slurm_examples/demo.sh

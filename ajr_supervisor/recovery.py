@@ -94,8 +94,11 @@ class Recovery:
         self.store.update(self.job.job_id, change)
         return error is None
 
-    def stop_step(self, step: subprocess.Popen) -> None:
+    def stop_step(self, step) -> None:
         """SIGTERM the step (srun forwards it to every task), then SIGKILL after the grace period."""
+        if not isinstance(step, subprocess.Popen):   # attach mode: not our child
+            step.stop(self.config.stop_grace_s)
+            return
         if step.poll() is not None:
             return
         log.info("job %s attempt %d: stopping the step (SIGTERM, %gs grace)", self.job.job_id,

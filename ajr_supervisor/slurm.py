@@ -197,6 +197,11 @@ class Slurm:
             raise SlurmNotInstalled(argv, None, "", message="`srun` not found: Slurm's client commands "
                                     "are not installed", hint="install them (apt-get install slurm-client)") from None
 
+    def running_steps(self, job_id: str | int) -> list[str]:
+        """Ids of the job's running srun steps (``12.0``), without the batch and extern steps."""
+        out = self.run(["squeue", "-h", "-s", "-j", str(job_id), "-o", "%i"]).stdout
+        return [s for s in out.split() if s.rsplit(".", 1)[-1].isdigit()]
+
     def pending_held_jobs(self, name: str, user: str) -> list[QueueRow]:
         """Held pending jobs with this name and user (AJR's singleton_dependency chain)."""
         rows = self.squeue_filtered(["-t", "PENDING", "-n", name, "-u", user])

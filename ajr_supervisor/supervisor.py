@@ -30,6 +30,7 @@ from ajr_supervisor.detect.crash import exit_finding
 from ajr_supervisor.detect.hang import HangDetector
 from ajr_supervisor.detect.srun import TASK_WRAPPER
 from ajr_supervisor.enroll import Enrollment, effective_max_requeues
+from ajr_supervisor.errors import AjrError
 from ajr_supervisor.logtail import LogFollower
 from ajr_supervisor.policy import PastAttempt, PolicyInput, decide
 from ajr_supervisor.recovery import Recovery
@@ -129,6 +130,29 @@ class Supervisor:
             except (ValueError, TypeError):
                 pass
 
+    def attach(self, log_path: Path) -> int:
+        """Follow a log that the script's own ``srun --output=LOG`` writes (``ajr run --attach``).
+
+        Fatal lines and hangs are acted on as usual. The step is not our child, so its exit code
+        is not ours to see: once no step of the job runs any more, the attempt is left for
+        EpilogSlurmctld (``ajr epilog``), which analyses this log with the job's exit code.
+        """
+        self._begin_attempt(self.wall(), log_path)
+        self.info("attached to %s (hang timeout %gs, requeues %d of %d used)", log_path,
+                  self.hang_timeout_s, self.attempt, self.max_requeues)
+        old_term = signal.signal(signal.SIGTERM, self._on_term)
+        # A requeued job's srun appends to the same file: this attempt starts where the previous
+        # attempt's supervisor stopped reading it.
+        record = self.store.load(self.job.job_id)
+        prev = [a for a in (record.attempts if record else []) if a.attempt < self.attempt and a.log_path == str(log_path)]
+        offset = prev[-1].log_offset if prev else 0
+        follower = self._follower = LogFollower(log_path, offset=offset, clock=self.clock)
+        try:
+            return self._supervise(StepWatcher(self.slurm, self.job.job_id, self.clock), follower)
+        finally:
+            follower.close()
+            signal.signal(signal.SIGTERM, old_term)
+
     def _on_term(self, signum, frame) -> None:
         self._terminated = signum
         if self._follower is not None:
@@ -152,6 +176,10 @@ class Supervisor:
             if rc is not None:
                 for line in follower.read_new(final=True):
                     self._on_line(line, hang)
+                if isinstance(proc, StepWatcher) and not decided:
+                    self.info("no step of the job runs any more; its exit is left to EpilogSlurmctld")
+                    self._record_decision_free_end()
+                    return 0
                 if decided:   # dry run: the decision was made and logged; the step ended on its own
                     self._end_attempt(rc, "dry run: ended on its own", None)
                     return rc
@@ -250,6 +278,7 @@ class Supervisor:
                       Verdict.EXCLUDE_AND_REQUEUE: "requeued"}[decision.verdict]
         self._end_attempt(exit_code, end_reason, decision)
         ok = recovery.execute(decision, step=proc)
+        self._save_final_offset()
         if decision.verdict == Verdict.STOP:
             return EXIT_STOPPED
         return EXIT_REQUEUED if ok else EXIT_STOPPED
@@ -302,6 +331,24 @@ class Supervisor:
 
         self.store.update(self.job.job_id, change)
 
+    def _save_final_offset(self) -> None:
+        """After acting, remember how far this attempt's output reaches (the step is dead by now),
+        so a supervisor attached to the same file in the next attempt starts after it."""
+        if self._follower is None:
+            return
+        self._follower.read_new(final=True)
+        offset = self._follower.offset
+        self.store.update(self.job.job_id, lambda rec: setattr(self._current(rec), "log_offset", offset))
+
+    def _record_decision_free_end(self) -> None:
+        def change(rec: JobRecord) -> None:
+            a = self._current(rec)
+            a.rank_nodes = {str(k): v for k, v in sorted(self.analyzer.rank_nodes.items())}
+            if self._follower is not None:
+                a.log_offset = self._follower.offset
+
+        self.store.update(self.job.job_id, change)
+
     def _end_attempt(self, exit_code: int | None, reason: str, decision: Decision | None) -> None:
         now = self.wall()
 
@@ -312,6 +359,52 @@ class Supervisor:
                 rec.final = {"verdict": "STOP", "reason": decision.reason, "at": now, "attempt": self.attempt}
 
         self.store.update(self.job.job_id, change)
+
+
+class StepWatcher:
+    """Stands in for the step process in attach mode: ``poll()`` is None while a step of the job
+    runs (asked from squeue at most every ``interval_s``), 0 once the steps are gone."""
+
+    attached = True
+    pid = None
+
+    def __init__(self, slurm: Slurm, job_id: str, clock: Callable[[], float], *, interval_s: float = 2.0,
+                 first_step_timeout_s: float = 120.0) -> None:
+        self.slurm, self.job_id, self.clock = slurm, job_id, clock
+        self.interval_s = interval_s
+        self.started = clock()
+        self.first_step_timeout_s = first_step_timeout_s
+        self.seen: list[str] = []
+        self._next = 0.0
+        self._done = False
+
+    def poll(self) -> int | None:
+        if self._done:
+            return 0
+        now = self.clock()
+        if now < self._next:
+            return None
+        self._next = now + self.interval_s
+        try:
+            steps = self.slurm.running_steps(self.job_id)
+        except AjrError as exc:   # unknown is not "ended"
+            log.warning("job %s: cannot list its steps (%s); still watching", self.job_id, exc.one_line())
+            return None
+        if steps:
+            self.seen = steps
+            return None
+        if self.seen or now - self.started > self.first_step_timeout_s:
+            self._done = True
+            return 0
+        return None
+
+    def stop(self, grace_s: float) -> None:
+        """STOP in attach mode: cancel the running steps (srun forwards SIGTERM, then SIGKILL)."""
+        for step in self.seen:
+            try:
+                self.slurm.scancel(step)
+            except AjrError as exc:
+                log.error("job %s: cannot cancel step %s: %s", self.job_id, step, exc.one_line())
 
 
 def _finding_dict(f: Finding) -> dict:

@@ -56,7 +56,8 @@ class RunCommand(click.Command):
 @click.option("--dry-run", is_flag=True, help="Decide and log 'would run: scontrol ...', change nothing "
               "(also APS_DRY_RUN=true).")
 @click.option("--attach", "attach", type=click.Path(dir_okay=False), default=None,
-              help="Follow a log that the script's own `srun --output=...` writes (not supported yet).")
+              help="Follow a log that the script's own `srun --output=LOG` writes, instead of starting "
+                   "the step (run it in the background before that srun).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="System config file (default: $AJR_CONFIG or /etc/ajr/ajr.yaml).")
 @click.pass_context
@@ -69,9 +70,13 @@ def run(ctx: click.Context, dry_run: bool, attach: str | None, config_path: Path
         ajr run -N2 --ntasks-per-node=8 -- python train.py
     ajr's own options come first, then srun options, then -- and the command.
     """
-    srun_args, command = split_command(ctx.meta["ajr_rest"])
     if attach:
-        raise UsageError("--attach is not supported yet", "let ajr start the step: ajr run -- CMD")
+        if ctx.meta["ajr_rest"]:
+            raise UsageError("--attach takes no command", "the script's own srun runs it: "
+                             "ajr run --attach LOG &  then  srun --output=LOG ...")
+        srun_args, command = [], []
+    else:
+        srun_args, command = split_command(ctx.meta["ajr_rest"])
     from ajr_supervisor.config import load_config
 
     config = load_config(config_path, overrides={"dry_run": True} if dry_run else None)
@@ -79,10 +84,10 @@ def run(ctx: click.Context, dry_run: bool, attach: str | None, config_path: Path
     if not job_id:
         raise UsageError("not inside a Slurm job (SLURM_JOB_ID is not set)",
                          "call `ajr run` from an sbatch script, in place of `srun -l -u`")
-    sys.exit(_run_in_job(job_id, config, srun_args, command))
+    sys.exit(_run_in_job(job_id, config, srun_args, command, attach))
 
 
-def _run_in_job(job_id: str, config, srun_args: list[str], command: list[str]) -> int:
+def _run_in_job(job_id: str, config, srun_args: list[str], command: list[str], attach: str | None = None) -> int:
     from ajr_supervisor.enroll import EnrollmentError, resolve
     from ajr_supervisor.errors import AjrError
     from ajr_supervisor.rules import RuleSet
@@ -95,13 +100,21 @@ def _run_in_job(job_id: str, config, srun_args: list[str], command: list[str]) -
     try:
         job = JobContext.from_slurm(slurm, job_id)
     except AjrError as exc:
+        if attach:
+            raise
         return _unsupervised(slurm, job_id, os.environ.get("SLURM_JOB_NAME", "job"), log_dir, srun_args,
                              command, f"cannot read the job from Slurm ({exc.one_line()})")
     try:
         enrollment = resolve(job.comment, job.partition, config.enroll_partitions)
     except EnrollmentError as exc:
+        if attach:
+            click.echo(f"ajr: job {job_id} is NOT supervised: {exc.one_line()}", err=True)
+            return 0
         return _unsupervised(slurm, job_id, job.name, log_dir, srun_args, command, exc.one_line())
     if enrollment is None:
+        if attach:
+            click.echo(f"ajr: job {job_id} is NOT supervised: it is not enrolled", err=True)
+            return 0
         return _unsupervised(slurm, job_id, job.name, log_dir, srun_args, command,
                              "the job is not enrolled; enrol it with --comment='{\"APS\": {}}'")
     if enrollment.deprecated_mode:
@@ -111,6 +124,8 @@ def _run_in_job(job_id: str, config, srun_args: list[str], command: list[str]) -
         rules = RuleSet.load(config.rules_files, config.checkpoint_patterns)
         store = StateStore(config.state_path(job.work_dir))
         supervisor = Supervisor(job, config, enrollment, slurm=slurm, store=store, rules=rules, log_dir=log_dir)
+        if attach:
+            return supervisor.attach(Path(attach).absolute())
         return supervisor.run(srun_args, command)
     except AjrError as exc:
         if "supervisor" in locals() and getattr(supervisor, "_follower", None) is not None:

@@ -11,7 +11,9 @@ from typing import Iterable
 from ajr_supervisor.detect.crash import line_finding, srun_findings
 from ajr_supervisor.detect.srun import Cancelled, SrunEvent, parse_rank_mark, parse_srun_line
 from ajr_supervisor.rules import RuleSet
-from ajr_supervisor.types import Finding, LogLine
+from ajr_supervisor.types import Finding, LogLine, RuleMatch
+
+FRAGMENT_MAX = 80   # a line this short may be one write of a longer line (see LogAnalyzer._joined)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class LogAnalyzer:
     srun_events: list[tuple[float, str, SrunEvent]] = field(default_factory=list)
     checkpoints: list[CheckpointSeen] = field(default_factory=list)
     lines: int = 0
+    _tails: dict[int, list[str]] = field(default_factory=dict, repr=False)
 
     def feed(self, line: LogLine) -> Finding | CheckpointSeen | None:
         """Digest one line; returns the rule finding or checkpoint it produced, if any."""
@@ -53,10 +56,36 @@ class LogAnalyzer:
             return seen
         match = self.rules.match(text)
         if match is None:
-            return None
+            joined = self._joined(line)
+            if joined is None:
+                return None
+            line, match = joined
         finding = line_finding(line, match, self.rank_nodes)
         self.findings.append(finding)
         return finding
+
+    def _joined(self, line: LogLine) -> tuple[LogLine, RuleMatch] | None:
+        """``srun -l -u`` labels every write of an unbuffered task as its own line, so a Python
+        traceback's last line can arrive as ``ModuleNotFoundError`` / ``: `` / ``No module named
+        'x'``. When short fragments of one rank precede this line, match them joined as well."""
+        if line.rank is None:
+            return None
+        tail = self._tails.setdefault(line.rank, [])
+        found = None
+        if len(line.text) <= FRAGMENT_MAX:
+            joined = line.text
+            for prev in reversed(tail):
+                joined = prev + joined
+                match = self.rules.match(joined)
+                if match is not None:
+                    found = (LogLine(line.offset, joined, line.rank, line.time), match)
+                    break
+        if len(line.text) > FRAGMENT_MAX or found is not None:
+            tail.clear()
+        else:
+            tail.append(line.text)
+            del tail[:-2]
+        return found
 
     def feed_all(self, lines: Iterable[LogLine]) -> "LogAnalyzer":
         for line in lines:

@@ -250,3 +250,50 @@ def test_epilog_finishes_when_the_supervisor_was_killed(run_job, slurm, job_dir)
     assert first.decision["by"] == "epilog" and first.decision["verdict"] == "REQUEUE"
     assert "exited with code 5" in first.decision["reason"]
     assert second.end_reason == "success"
+
+
+def test_attach_follows_the_scripts_own_srun_log(run_job, slurm, job_dir):
+    """`ajr run --attach LOG` beside a script's own `srun --output=LOG`: acts at the fatal line."""
+    job_id = run_job("""
+        LOG="$PWD/own_${SLURM_JOB_ID}.log"
+        "$AJR" run --attach "$LOG" &
+        srun -l -u --kill-on-bad-exit=1 --open-mode=append --output="$LOG" bash -c '
+            echo "attempt ${SLURM_RESTART_COUNT:-0} on $(hostname)"
+            if [ "${SLURM_RESTART_COUNT:-0}" = 0 ] && [ "$SLURM_PROCID" = 0 ]; then
+                echo "Rank0: (1) segmentation fault: artificial segfault"; sleep 30
+            fi
+            sleep 1'
+        wait
+        """)
+    job = wait_for(lambda: (j := slurm.show_job(job_id)).restarts >= 1 and j.base_state in FINAL and j,
+                   60, "the second attempt to finish")
+    assert job.base_state == "COMPLETED" and job.restarts == 1
+    rec = state(job_dir, job_id)
+    first, second = rec.attempts
+    assert first.decision["verdict"] == "REQUEUE" and first.decision["finding"]["rule_id"] == "segfault"
+    assert first.log_path == str(job_dir / f"own_{job_id}.log")
+    assert first.ended_at - first.started_at < 15
+    assert second.decision is None  # ended on its own; the exit is EpilogSlurmctld's to judge
+    assert "no step of the job runs any more" in read(job_dir / "batch.out")
+
+
+def test_fast_restart_from_the_epilog(lab, run_job, slurm, job_dir, capsys):
+    """fast_restart (admin setting, read by EpilogSlurmctld): StartTime=now+1 once PENDING."""
+    lab.spec.ajr_conf.write_text("fast_restart: true\n")
+    try:
+        job_id = run_job("""
+            "$AJR" run -- bash -c 'echo "start ${SLURM_RESTART_COUNT:-0} $(date +%s.%N)"
+                if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then sleep 0.5; exit 3; fi'
+            """)
+        job = wait_for(lambda: (j := slurm.show_job(job_id)).restarts >= 1 and j.base_state in FINAL and j,
+                       60, "the second attempt to finish")
+    finally:
+        lab.spec.ajr_conf.write_text("# fast_restart: true\n")
+    assert job.base_state == "COMPLETED" and job.restarts == 1
+    hook_lines = [ln for ln in read(lab.spec.hook_log).splitlines() if f"epilog-finish job {job_id}:" in ln]
+    assert any("fast restart: StartTime=now+1" in ln for ln in hook_lines), hook_lines
+    first, second = state(job_dir, job_id).attempts
+    hold = next(a["at"] for a in first.actions if a["action"] == "requeuehold")
+    starts = [float(m) for m in re.findall(r"start 1 (\d+\.\d+)", read(Path(second.log_path)))]
+    with capsys.disabled():
+        print(f"\nfast restart: requeuehold -> next attempt's first line {min(starts) - hold:.2f} s")
