@@ -46,7 +46,7 @@ bench: deps
 	$(BIN)/python benchmarks/recovery.py
 
 demo: deps
-	AJR=$(BIN)/ajr bash slurm_examples/demo.sh
+	AJR=$(abspath $(BIN))/ajr PYTHON=$(abspath $(BIN))/python bash slurm_examples/demo.sh
 
 demo-down: venv
 	$(BIN)/ajr lab down

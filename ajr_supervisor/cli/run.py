@@ -77,13 +77,22 @@ def run(ctx: click.Context, dry_run: bool, attach: str | None, config_path: Path
         srun_args, command = [], []
     else:
         srun_args, command = split_command(ctx.meta["ajr_rest"])
-    from ajr_supervisor.config import load_config
+    from ajr_supervisor.config import ConfigError, load_config
 
-    config = load_config(config_path, overrides={"dry_run": True} if dry_run else None)
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id:
         raise UsageError("not inside a Slurm job (SLURM_JOB_ID is not set)",
                          "call `ajr run` from an sbatch script, in place of `srun -l -u`")
+    try:
+        config = load_config(config_path, overrides={"dry_run": True} if dry_run else None)
+    except ConfigError as exc:
+        if attach:
+            raise
+        # A broken config never stops the training: run it as plain `srun -l -u` would.
+        from ajr_supervisor.slurm import Slurm
+        sys.exit(_unsupervised(Slurm(), job_id, os.environ.get("SLURM_JOB_NAME", "job"),
+                               Path(os.environ.get("SLURM_LOG_DIR") or os.getcwd()), srun_args, command,
+                               exc.one_line()))
     sys.exit(_run_in_job(job_id, config, srun_args, command, attach))
 
 

@@ -13,7 +13,7 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ajr_supervisor.errors import AjrError, UsageError
@@ -150,11 +150,12 @@ class Lab:
         if self.spec.spec_file.exists():
             recorded = Lab.load(self.spec.root)
             if recorded.is_up():
-                if recorded.spec == self.spec:
+                differs = [f.name for f in fields(LabSpec) if f.name != "python"
+                           and getattr(recorded.spec, f.name) != getattr(self.spec, f.name)]
+                if not differs:
                     return 0.0
-                raise LabError(f"a different lab ({recorded.spec.nodes} nodes, accounting "
-                               f"{'on' if recorded.spec.accounting else 'off'}) is up at {self.spec.root}",
-                               "run `ajr lab down` first")
+                shown = ", ".join(f"{k}={getattr(recorded.spec, k)}" for k in differs)
+                raise LabError(f"a different lab is up at {self.spec.root} ({shown})", "run `ajr lab down` first")
             recorded.cleanup()
         self.cleanup()
         t0 = time.monotonic()
