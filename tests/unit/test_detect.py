@@ -366,3 +366,42 @@ def test_hang_timeout_must_be_positive(bad):
 
 def test_fractional_timeout_in_the_reason():
     assert "hang timeout 0.5 s" in HangDetector(0.5, start=0.0).check(2.0).reason
+
+
+# -- srun -u fragments (one write of an unbuffered task = one labelled line) ------------------------------
+
+def test_short_fragments_of_one_rank_are_joined_before_matching(rules):
+    a = LogAnalyzer(rules).feed_all(lines_of(
+        "1: [ajr] rank 1 node node2 pid 5",
+        "1: Traceback (most recent call last):",
+        '1:   File "<string>", line 1, in <module>',
+        "1: ModuleNotFoundError",
+        "1: : ",
+        "1: No module named 'nonexistent_mod_xyz'",
+        "1: "))
+    assert [f.rule_id for f in a.findings] == ["python_traceback", "python_import_error"]
+    f = a.findings[1]
+    assert f.line == "1: ModuleNotFoundError: No module named 'nonexistent_mod_xyz'"
+    assert f.rank == 1 and f.nodes == ("node2",) and f.action == Action.STOP and f.time == 5
+
+
+def test_fragments_are_joined_per_rank_when_ranks_interleave(rules):
+    a = LogAnalyzer(rules).feed_all(lines_of(
+        "0: ModuleNotFoundError", "1: : ", "0: : ", "1: step 3", "0: No module named 'x'"))
+    [f] = a.findings
+    assert f.rank == 0 and f.line == "0: ModuleNotFoundError: No module named 'x'"
+
+
+def test_fragments_of_different_ranks_are_not_joined(rules):
+    a = LogAnalyzer(rules).feed_all(lines_of("0: ModuleNotFoundError", "1: : ", "1: No module named 'x'"))
+    assert a.findings == []
+
+
+def test_lines_without_a_rank_are_not_joined(rules):
+    a = LogAnalyzer(rules).feed_all(lines_of("ModuleNotFoundError", ": ", "No module named 'x'"))
+    assert a.findings == []
+
+
+def test_a_long_line_ends_the_fragments(rules):
+    a = LogAnalyzer(rules).feed_all(lines_of("0: ModuleNotFoundError", "0: " + "x" * 120, "0: : No module named 'x'"))
+    assert a.findings == []

@@ -249,11 +249,11 @@ def test_writes_to_other_files_do_not_count(follow, tmp_path):
     if not f.uses_inotify:
         pytest.skip("inotify (watchdog) unavailable here")
     append(tmp_path / "other.log", "noise\n")
-    time.sleep(0.1)
+    time.sleep(0.05)
     f._event.clear()                        # forget anything from the setup
     t0 = time.monotonic()
-    f.wait(0.3)
-    assert time.monotonic() - t0 >= 0.25    # slept its timeout: nothing relevant happened
+    f.wait(0.2)
+    assert time.monotonic() - t0 >= 0.15    # slept its timeout: nothing relevant happened
 
 
 def test_wake_ends_a_wait_early(follow):

@@ -175,7 +175,7 @@ def _append_many(directory: str, worker: int, count: int) -> None:
 
 
 def test_concurrent_updates_from_several_processes_lose_nothing(tmp_path):
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_append_many, args=(str(tmp_path), w, 25)) for w in range(4)]
     for p in procs:
         p.start()

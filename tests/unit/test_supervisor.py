@@ -268,6 +268,7 @@ def test_exit_code_failure_requeues(env):
     assert a.decision["finding"]["rule_id"] == "srun.task_exit"
     assert {f["rule_id"] for f in a.anomalies} == {"srun.task_exit", "srun.exit"}
     assert (a.end_reason, a.exit_code) == ("requeued", 3)
+    assert a.log_offset == Path(a.log_path).stat().st_size     # the whole output was read
     assert env.record().excluded_nodes == [] and env.record().final is None
 
 
@@ -323,8 +324,8 @@ def test_hang_is_detected_and_requeued(env):
 
 
 def test_enrollment_hang_timeout_overrides_the_config(env):
-    sup, _ = env.supervisor(hang_timeout_s=60.0, enrollment=Enrollment(hang_timeout_s=0.5))
-    assert sup.hang_timeout_s == 0.5
+    sup, _ = env.supervisor(hang_timeout_s=60.0, enrollment=Enrollment(hang_timeout_s=0.3))
+    assert sup.hang_timeout_s == 0.3
     rc, elapsed = run(sup, bash('exec sleep 30'))
     assert rc == EXIT_REQUEUED and elapsed < 20
     assert env.record().attempts[0].decision["finding"]["anomaly"] == "HANG"
@@ -395,7 +396,8 @@ def test_a_checkpoint_in_this_attempt_breaks_the_crash_loop(env):
 
     env.store.update(JOB, two_failures)
     sup, _ = env.supervisor(restarts=2, crash_loop_attempts=3)
-    rc, _ = run(sup, bash('[ "$SLURM_PROCID" = 0 ] && echo "Saved checkpoint to /ck/iter_7"; exit 3'))
+    rc, _ = run(sup, bash('if [ "$SLURM_PROCID" = 0 ]; then echo "Saved checkpoint to /ck/iter_7"; exit 3; fi; '
+                          'exec sleep 30'))
     assert rc == EXIT_REQUEUED
 
 
@@ -443,7 +445,7 @@ def test_sigterm_from_slurm_ends_the_attempt_without_action(env):
                 return
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGTERM)                        # the batch script gets SIGTERM ...
-        time.sleep(0.3)
+        time.sleep(0.2)
         os.killpg(slurm.steps[0].pid, signal.SIGTERM)               # ... and so does the step
 
     killer = threading.Thread(target=slurm_cancels, daemon=True)
@@ -460,9 +462,9 @@ def test_sigterm_from_slurm_ends_the_attempt_without_action(env):
 # -- dry run -------------------------------------------------------------------------------------------
 
 def test_dry_run_logs_what_it_would_run_and_lets_the_training_go_on(env, caplog):
-    sup, slurm = env.supervisor(dry_run=True)
+    sup, slurm = env.supervisor(dry_run=True, settle_s=0.05)
     with caplog.at_level(logging.INFO):
-        rc, _ = run(sup, bash(f'[ "$SLURM_PROCID" = 1 ] && echo "{ECC}"; sleep 0.8; echo "still training"'))
+        rc, _ = run(sup, bash(f'[ "$SLURM_PROCID" = 1 ] && echo "{ECC}"; sleep 0.5; echo "still training"'))
     assert rc == 0                                     # the step ended on its own
     assert slurm.commands == []                        # nothing ran for real
     would = [r.getMessage() for r in caplog.records if r.getMessage().startswith("would run:")]
@@ -481,10 +483,10 @@ def test_dry_run_logs_what_it_would_run_and_lets_the_training_go_on(env, caplog)
 
 
 def test_dry_run_stop_is_not_final(env, caplog):
-    sup, slurm = env.supervisor(dry_run=True, restarts=1, enrollment=Enrollment(max_requeue_times=1))
+    sup, slurm = env.supervisor(dry_run=True, settle_s=0.05, restarts=1, enrollment=Enrollment(max_requeue_times=1))
     line = "python3: can't open file '/x/train.py': [Errno 2] No such file or directory"
     with caplog.at_level(logging.INFO):
-        rc, _ = run(sup, bash(f'echo "{line}"; sleep 0.6'))
+        rc, _ = run(sup, bash(f'echo "{line}"; sleep 0.5'))
     assert rc == 0 and slurm.commands == []
     assert slurm.steps[0].returncode == 0              # the step was not stopped
     rec = env.record()
