@@ -50,7 +50,10 @@ class Config:
     dry_run: bool = False
     slurm_timeout_s: float = 30.0
     poll_interval_s: float = 0.5
-    srun_kill_on_bad_exit: bool = True   # ajr run adds --kill-on-bad-exit=1 unless the user gave it
+    # True: ajr run adds --kill-on-bad-exit=1. Off by default: srun then drops output still in flight
+    # from the dying task (its traceback), and the supervisor ends the step itself, settle_s after
+    # srun reports the first failed task.
+    srun_kill_on_bad_exit: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -134,7 +134,8 @@ def _finish(env, config, slurm, job_id: str, clock, sleep) -> str:
     record = store.load(job_id)
     prev = record.attempt(restarts - 1) if record and restarts > 0 else None
     if (prev is not None and record.attempt(restarts) is None and prev.decision
-            and prev.decision.get("verdict") in ("REQUEUE", "EXCLUDE_AND_REQUEUE")):
+            and prev.decision.get("verdict") in ("REQUEUE", "EXCLUDE_AND_REQUEUE")
+            and _requeued(slurm.show_job(job_id))):
         return _after_requeuehold(env, config, slurm, store, job_id, restarts - 1, allocation, clock, sleep)
     # Any other end: wait until Slurm is done with the job, then see whether anybody decided.
     job, _ = _wait_job(slurm, job_id, lambda j: j.base_state != "COMPLETING", PENDING_TIMEOUT_S, clock, sleep)
@@ -145,6 +146,11 @@ def _finish(env, config, slurm, job_id: str, clock, sleep) -> str:
     if job.base_state in ("CANCELLED", "COMPLETED", "PENDING", "RUNNING", "TIMEOUT", "PREEMPTED", "REQUEUED"):
         return f"attempt {restarts} ended {job.base_state}: nothing to do"
     return _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, attempt)
+
+
+def _requeued(job) -> bool:
+    """The job is on its way back (requeue-held, or pending again), not ended for good."""
+    return job.base_state == "PENDING" or job.reason == "job_requeued_in_held_state"
 
 
 def _after_requeuehold(env, config, slurm, store, job_id, attempt_no, allocation, clock, sleep) -> str:
@@ -173,11 +179,12 @@ def _after_requeuehold(env, config, slurm, store, job_id, attempt_no, allocation
     exclude = _allowed(decision.get("exclude", []), allocation, record.excluded_nodes if record else [])
     if exclude and sorted(set(_nodes(job.exc_nodes))) != exclude:
         slurm.set_excluded_nodes(job_id, exclude)
-        store.update(job_id, lambda rec: setattr(rec, "excluded_nodes", exclude))
+        if not slurm.dry_run:
+            store.update(job_id, lambda rec: setattr(rec, "excluded_nodes", exclude))
         done.append("exclude " + ",".join(exclude))
     slurm.release(job_id)
     done.append("release")
-    _record_actions(store, job_id, attempt_no, done)
+    _record_actions(store, job_id, attempt_no, done, dry_run=slurm.dry_run)
     return "finished the requeue the supervisor left half done: " + ", ".join(done)
 
 
@@ -197,10 +204,12 @@ def _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, at
         follower = LogFollower(log_path, inotify=False)
         analyzer.feed_all(follower.read_new(final=True))
     record = store.load(job_id)
-    previous = [PastAttempt(failed=a.end_reason not in ("success", "terminated"), new_checkpoint=bool(a.checkpoints))
+    previous = [PastAttempt(failed=a.failed, new_checkpoint=bool(a.checkpoints))
                 for a in (record.attempts if record else []) if a.attempt < restarts]
     exit2 = env.get("SLURM_JOB_EXIT_CODE2", "0:0")
     failed = exit2 != "0:0"
+    if not failed:
+        return f"attempt {restarts} completed (exit {exit2}): nothing to do"
     decision = decide(PolicyInput(
         findings=analyzer.all_findings(), step_failed=failed, restarts=restarts,
         max_requeues=effective_max_requeues(config.max_requeue_times, enrollment),
@@ -229,20 +238,22 @@ def _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, at
     slurm.requeuehold(job_id)
     if exclude:
         slurm.set_excluded_nodes(job_id, exclude)
-        store.update(job_id, lambda rec: setattr(rec, "excluded_nodes", sorted(set(exclude))))
+        if not slurm.dry_run:
+            store.update(job_id, lambda rec: setattr(rec, "excluded_nodes", sorted(set(exclude))))
     slurm.release(job_id)
-    _record_actions(store, job_id, restarts, ["requeuehold"] + (["exclude"] if exclude else []) + ["release"])
+    _record_actions(store, job_id, restarts, ["requeuehold"] + (["exclude"] if exclude else []) + ["release"],
+                    dry_run=slurm.dry_run)
     return f"decided {decision.verdict.value} from the log and requeued: {decision.reason}"
 
 
-def _record_actions(store, job_id: str, attempt_no: int, actions: list[str]) -> None:
+def _record_actions(store, job_id: str, attempt_no: int, actions: list[str], dry_run: bool = False) -> None:
     now = time.time()
 
     def change(rec) -> None:
         a = rec.attempt(attempt_no)
         if a is not None:
             a.actions.extend({"action": act.split()[0], "ok": True, "at": now, "error": None,
-                              "detail": act, "by": "epilog"} for act in actions)
+                              "detail": act, "by": "epilog", "dry_run": dry_run} for act in actions)
 
     store.update(job_id, change)
 

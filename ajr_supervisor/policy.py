@@ -3,7 +3,8 @@
 Pure: plain data in, a :class:`~ajr_supervisor.types.Decision` out. The rules, in order:
 
 1. An attempt ended by the user or by Slurm itself (scancel, time limit, preemption) is left alone.
-2. A clean exit with no fatal finding is success: nothing to do.
+2. A clean exit with no fatal finding is success: nothing to do. (The supervisor treats every exit 0
+   as success: when all tasks exit 0 the training finished its own way; it does not ask the policy.)
 3. The primary finding is the most severe one (STOP > EXCLUDE_NODE_AND_REQUEUE > REQUEUE), the
    earliest among equals. A fatal line that proves death (trigger ``immediate``) outranks the exit
    status; a line that only explains (``at_exit``) counts once the step has failed.

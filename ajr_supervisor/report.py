@@ -48,7 +48,8 @@ def render_timeline(rec: JobRecord) -> str:
             f = d.get("finding") or {}
             if f:
                 where = f" on {','.join(f['nodes'])}" if f.get("nodes") else ""
-                lines.append(f"      {f.get('anomaly')} ({f.get('component')}{where}, rule {f.get('rule_id')})"
+                rule = f", rule {f['rule_id']}" if f.get("rule_id") else ""
+                lines.append(f"      {f.get('anomaly')} ({f.get('component')}{where}{rule})"
                              + (f": {f['line']}" if f.get("line") else ""))
             verdict = VERDICT_WORDS.get(d["verdict"], d["verdict"])
             excl = f" {','.join(d['exclude'])}" if d["verdict"] == "EXCLUDE_AND_REQUEUE" else ""

@@ -23,6 +23,9 @@ from ajr_supervisor.errors import AjrError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# end_reason values of an attempt that failed: the supervisor's requeued/stopped/failure, the epilog's
+# failure, and "lost" (a later attempt found it still marked running: nobody recorded its end).
+FAILURE_REASONS = frozenset({"requeued", "stopped", "failure", "lost"})
 
 
 class StateError(AjrError):
@@ -52,6 +55,12 @@ class Attempt:
     @property
     def running(self) -> bool:
         return self.ended_at is None
+
+    @property
+    def failed(self) -> bool:
+        """Ended by a failure of its own (counts towards a crash loop). Success, a cancellation or
+        requeue by Slurm or the user, and a dry run's own end do not."""
+        return self.end_reason in FAILURE_REASONS
 
     def done(self, action: str) -> bool:
         return any(a["action"] == action and a.get("ok") for a in self.actions)
@@ -145,9 +154,12 @@ class StateStore:
         except OSError as exc:
             raise StateError(f"cannot read {path}: {exc.strerror}") from None
         try:
-            return JobRecord.from_dict(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError(f"the top level is a {type(data).__name__}, not an object")
+            return JobRecord.from_dict(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
             os.replace(path, aside)
             log.warning("job %s: state file %s is unreadable (%s); kept it as %s and started a new one",
                         job_id, path, exc, aside)

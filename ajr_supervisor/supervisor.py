@@ -28,7 +28,7 @@ from ajr_supervisor.config import Config
 from ajr_supervisor.detect.analyzer import CheckpointSeen, LogAnalyzer
 from ajr_supervisor.detect.crash import exit_finding
 from ajr_supervisor.detect.hang import HangDetector
-from ajr_supervisor.detect.srun import TASK_WRAPPER
+from ajr_supervisor.detect.srun import TASK_WRAPPER, NodeFailure, TaskEnd
 from ajr_supervisor.enroll import Enrollment, effective_max_requeues
 from ajr_supervisor.errors import AjrError
 from ajr_supervisor.logtail import LogFollower
@@ -222,13 +222,20 @@ class Supervisor:
                 self.info("%s (%s, rule %s) at line: %s", seen.anomaly.value, seen.component.value,
                           seen.rule_id, seen.line)
             return seen.trigger == Trigger.IMMEDIATE
+        if isinstance(seen, (TaskEnd, NodeFailure)):
+            # A task is gone: the others would wait for it forever in their next collective.
+            self.info("srun reports: %s", line.text)
+            return True
         return False
 
     # -- endings ------------------------------------------------------------------------------
     def _on_exit(self, rc: int) -> int:
         if rc == 0:
+            # Every task exited 0: the training finished its own way. A fatal line seen on the way
+            # is kept as evidence (node reputation) but does not requeue a finished job.
             self.info("the step completed (exit 0)")
-            self._record_decision(Decision(Verdict.NONE, "completed successfully"), step_failed=False)
+            self._record_decision(Decision(Verdict.NONE, "completed successfully"), step_failed=False,
+                                  findings=self.hang_findings + self.analyzer.all_findings())
             self._end_attempt(0, "success", None)
             return 0
         self.info("the step failed (exit %d)", rc)
@@ -257,7 +264,7 @@ class Supervisor:
         if cancelled and exit_code is not None and not [f for f in findings if f.trigger == Trigger.IMMEDIATE]:
             external = f"cancelled{' due to ' + cancelled.why.lower() if cancelled.why else ''}"
         record = self.store.load(self.job.job_id) or JobRecord(job_id=self.job.job_id)
-        previous = [PastAttempt(failed=a.end_reason not in ("success", "terminated"), new_checkpoint=bool(a.checkpoints))
+        previous = [PastAttempt(failed=a.failed, new_checkpoint=bool(a.checkpoints))
                     for a in record.attempts if a.attempt < self.attempt]
         decision = decide(PolicyInput(
             findings=findings, step_failed=step_failed, restarts=self.attempt, max_requeues=self.max_requeues,
@@ -269,11 +276,14 @@ class Supervisor:
         recovery = Recovery(self.slurm, self.store, self.job, self.attempt, self.enrollment, self.config)
         if decision.verdict == Verdict.NONE:
             self._end_attempt(exit_code, external or "failure", None)
-            return None if exit_code is not None else None
+            return None
         if self.slurm.dry_run:
             recovery.execute(decision, step=None)
+            if proc is None:   # the step has already ended: so has the attempt
+                self._end_attempt(exit_code, "dry run: ended on its own", None)
+                return exit_code if exit_code is not None else 0
             self.info("dry run: nothing changed; the training goes on")
-            return None if proc is not None else (exit_code if exit_code is not None else 0)
+            return None
         end_reason = {Verdict.STOP: "stopped", Verdict.REQUEUE: "requeued",
                       Verdict.EXCLUDE_AND_REQUEUE: "requeued"}[decision.verdict]
         self._end_attempt(exit_code, end_reason, decision)

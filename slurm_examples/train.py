@@ -19,6 +19,8 @@ Options:
   --ckpt-dir DIR     checkpoint directory (required; shared by all ranks)
   --ckpt-every K     checkpoint interval in iterations (default 10)
   --no-ckpt          never save (resuming from an existing checkpoint still works)
+  --no-sync          under srun with several ranks, ranks keep in lockstep (a file barrier per
+                     iteration, like a collective: a dead rank makes the others wait); this turns it off
   --fail-at I        inject a failure at the start of iteration I (never logged)
   --fail-after N     inject it after N iterations of every attempt instead (a job that keeps
                      crashing but keeps making progress, when it checkpoints more often than N)
@@ -114,6 +116,7 @@ def parse_args(argv):
     p.add_argument("--ckpt-dir", required=True)
     p.add_argument("--ckpt-every", type=int, default=10)
     p.add_argument("--no-ckpt", action="store_true")
+    p.add_argument("--no-sync", action="store_true")
     fail_when = p.add_mutually_exclusive_group()
     fail_when.add_argument("--fail-at", type=int)
     fail_when.add_argument("--fail-after", type=int)
@@ -140,6 +143,7 @@ class Env:
         self.ntasks = int(environ.get("SLURM_NTASKS", 1))
         self.node = environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
         self.attempt = int(environ.get("SLURM_RESTART_COUNT", 0))
+        self.launched_by_srun = "SLURM_STEP_ID" in environ
         nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
         self.nodes = expand_hostlist(nodelist) if nodelist else None
 
@@ -242,6 +246,35 @@ def wait_for_checkpoint(ckpt_dir: str, it: int, rank: int) -> None:
         time.sleep(0.01)
 
 
+def barrier(sync_dir: str, rank: int, ntasks: int, it: int, timeout_s: float = 300.0) -> None:
+    """Wait until every rank has reached iteration ``it`` (a stand-in for a collective).
+
+    Like NCCL without its watchdog, a dead peer makes the others wait: here up to ``timeout_s``,
+    then the rank fails the way PyTorch's watchdog would.
+    """
+    os.makedirs(sync_dir, exist_ok=True)
+    mine = os.path.join(sync_dir, f"r{rank}")
+    with open(mine + ".tmp", "w") as f:
+        f.write(str(it))
+    os.replace(mine + ".tmp", mine)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        behind = []
+        for r in range(ntasks):
+            try:
+                with open(os.path.join(sync_dir, f"r{r}")) as f:
+                    if int(f.read() or 0) < it:
+                        behind.append(r)
+            except (FileNotFoundError, ValueError):
+                behind.append(r)
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            say(f"rank {rank}: timed out after {timeout_s:g} s waiting for ranks {behind} at iteration {it}")
+            sys.exit(1)
+        time.sleep(0.005)
+
+
 def megatron_line(it, iters, ms, tflops, loss) -> str:
     return (f" [{ts()}] iteration {it:8d}/{iters:8d} |"
             f" consumed samples: {it * GLOBAL_BATCH_SIZE:12d} |"
@@ -266,7 +299,12 @@ def train(args, env: Env) -> int:
     here, in_job = fault_targets(args, env)
     fail_at = args.fail_at if args.fail_after is None else start + args.fail_after + 1
     saved = start
+    sync = None
+    if env.ntasks > 1 and env.launched_by_srun and not args.no_sync:
+        sync = os.path.join(args.ckpt_dir, ".sync", f"attempt{env.attempt}")
     for it in range(start + 1, args.iters + 1):
+        if sync:
+            barrier(sync, rank, env.ntasks, it)
         if it == fail_at:
             if here:
                 inject(args.fail_mode, env, it)

@@ -9,11 +9,19 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ajr_supervisor.detect.crash import line_finding, srun_findings
-from ajr_supervisor.detect.srun import Cancelled, SrunEvent, parse_rank_mark, parse_srun_line
+from ajr_supervisor.detect.srun import (Cancelled, NodeFailure, SrunEvent, TaskEnd, parse_rank_mark,
+                                        parse_srun_line)
 from ajr_supervisor.rules import RuleSet
 from ajr_supervisor.types import Finding, LogLine, RuleMatch
 
 FRAGMENT_MAX = 80   # a line this short may be one write of a longer line (see LogAnalyzer._joined)
+
+
+def _is_failure(event: SrunEvent) -> bool:
+    """srun reports a task that ended badly, or a node that failed."""
+    if isinstance(event, NodeFailure):
+        return True
+    return isinstance(event, TaskEnd) and (event.signal is not None or event.exit_code not in (0, None))
 
 
 @dataclass(frozen=True)
@@ -33,8 +41,8 @@ class LogAnalyzer:
     lines: int = 0
     _tails: dict[int, list[str]] = field(default_factory=dict, repr=False)
 
-    def feed(self, line: LogLine) -> Finding | CheckpointSeen | None:
-        """Digest one line; returns the rule finding or checkpoint it produced, if any."""
+    def feed(self, line: LogLine) -> Finding | CheckpointSeen | SrunEvent | None:
+        """Digest one line; returns the rule finding, checkpoint or failed-task report it produced."""
         self.lines += 1
         text = line.text
         if text.startswith("[ajr] rank "):
@@ -48,7 +56,7 @@ class LogAnalyzer:
             if event is not None:
                 shown = (f"{line.rank}: " if line.rank is not None else "") + text
                 self.srun_events.append((line.time, shown, event))
-                return None
+                return event if _is_failure(event) else None
         ckpt = self.rules.checkpoint(text)
         if ckpt is not None:
             seen = CheckpointSeen(line, ckpt.iteration)

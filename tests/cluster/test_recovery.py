@@ -204,9 +204,11 @@ def test_dry_run_changes_nothing(run_job, slurm, job_dir):
         "$AJR" run -- "$PY" "$TRAIN" --iters 8 --step-s 0.05 --ckpt-dir "$CK" \\
             --fail-at 4 --fail-rank 1 --fail-mode signal:KILL
         """, env={"APS_DRY_RUN": "true"})
-    job = final_job(slurm, job_id)
-    assert job.restarts == 0
-    out = read(job_dir / "batch.out")
+    # Nothing changes, so the surviving rank waits for its dead peer, as it would without ajr.
+    out = wait_for(lambda: "dry run: nothing changed" in (o := read(job_dir / "batch.out")) and o, 60,
+                   "the dry-run decision")
+    job = slurm.show_job(job_id)
+    assert job.restarts == 0 and job.base_state == "RUNNING" and job.exc_nodes == ""
     assert re.search(r"would run: scontrol requeuehold " + job_id + r"\b", out)
     assert "would run: scontrol update JobId=" + job_id + " ExcNodeList=" in out
     assert "would run: scontrol release " + job_id in out
@@ -240,7 +242,7 @@ def test_epilog_finishes_when_the_supervisor_was_killed(run_job, slurm, job_dir)
             exit 5
         fi
         wait $!
-        """)
+        """, nodes=1)
     # The first attempt ends FAILED; the epilog's detached child requeues it moments later.
     job = wait_for(lambda: (j := slurm.show_job(job_id)).restarts >= 1 and j.base_state in FINAL and j,
                    120, "the requeued attempt to finish")

@@ -48,7 +48,7 @@ def test_defaults_are_the_documented_ones():
     assert cfg.enroll_partitions == () and cfg.checkpoint_patterns == () and cfg.rules_files == ()
     assert cfg.fast_restart is False and cfg.dry_run is False
     assert cfg.slurm_timeout_s == 30.0 and cfg.poll_interval_s == 0.5
-    assert cfg.srun_kill_on_bad_exit is True
+    assert cfg.srun_kill_on_bad_exit is False
 
 
 def test_field_names_are_the_keys():
@@ -79,7 +79,7 @@ checkpoint_patterns:
   - 'saved checkpoint at iteration (\\d+)'
 rules_files: [/etc/ajr/rules.d/site.yaml]
 fast_restart: true
-srun_kill_on_bad_exit: no
+srun_kill_on_bad_exit: yes
 """)
     cfg = load_config(path, env={})
     assert cfg.max_requeue_times == 4 and cfg.crash_loop_attempts == 2
@@ -89,7 +89,7 @@ srun_kill_on_bad_exit: no
     assert cfg.enroll_partitions == ("gpu", "batch")
     assert cfg.checkpoint_patterns == (r"saved checkpoint at iteration (\d+)",)
     assert cfg.rules_files == ("/etc/ajr/rules.d/site.yaml",)
-    assert cfg.fast_restart is True and cfg.srun_kill_on_bad_exit is False
+    assert cfg.fast_restart is True and cfg.srun_kill_on_bad_exit is True
 
 
 def test_empty_file_gives_defaults(tmp_path):
@@ -232,10 +232,10 @@ def test_null_path_fields_mean_default(tmp_path):
 def test_env_values_are_parsed():
     cfg = load_config(env={"AJR_HANG_TIMEOUT_S": "30", "AJR_MAX_REQUEUE_TIMES": " 4 ",
                            "AJR_DRY_RUN": "true", "AJR_FAST_RESTART": "On",
-                           "AJR_SRUN_KILL_ON_BAD_EXIT": "0", "AJR_LOG_DIR": "/logs",
+                           "AJR_SRUN_KILL_ON_BAD_EXIT": "1", "AJR_LOG_DIR": "/logs",
                            "AJR_STATE_DIR": "/state", "AJR_SETTLE_S": "1.5e0"})
     assert cfg.hang_timeout_s == 30.0 and cfg.max_requeue_times == 4
-    assert cfg.dry_run is True and cfg.fast_restart is True and cfg.srun_kill_on_bad_exit is False
+    assert cfg.dry_run is True and cfg.fast_restart is True and cfg.srun_kill_on_bad_exit is True
     assert (cfg.log_dir, cfg.state_dir, cfg.settle_s) == ("/logs", "/state", 1.5)
 
 

@@ -149,7 +149,7 @@ def test_half_done_requeue_is_finished_exclude_then_release(setup):
     assert summary == "finished the requeue the supervisor left half done: exclude node2, release"
     assert cluster.actions == [["scontrol", "update", f"JobId={JOB}", "ExcNodeList=node2"],
                                ["scontrol", "release", JOB]]
-    assert setup.time.slept >= hooks.FINISH_TIMEOUT_S       # gave the supervisor its chance first
+    assert setup.time.slept >= hooks.FINISH_TIMEOUT_S - 1e-6  # gave the supervisor its chance first
     rec = setup.store.load(JOB)
     assert rec.excluded_nodes == ["node2"]
     acts = rec.attempt(0).actions
@@ -342,10 +342,6 @@ def test_a_slurm_error_is_a_summary_not_an_exception(setup):
 
 # -- bugs -------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: hooks._finish takes the after-requeuehold branch whenever attempt "
-                   "restarts-1 holds a REQUEUE decision and attempt restarts has no record; when the next attempt "
-                   "ran without a supervisor record (ajr run died before _begin_attempt) and FAILED, finish waits "
-                   "120 s for PENDING and gives up instead of deciding from the log")
 def test_attempt_after_a_requeue_that_ended_without_a_record_is_decided_from_the_log(setup):
     setup.decided(0, "REQUEUE", actions=["requeuehold", "release"])
     setup.write_log("exit_code.log", "train_77_date_26-11-25_time_11-00-00.log")
@@ -355,9 +351,6 @@ def test_attempt_after_a_requeue_that_ended_without_a_record_is_decided_from_the
     assert summary.startswith("decided REQUEUE from the log and requeued")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in dry-run mode hooks._decide_from_log still writes the exclusion "
-                   "into the state file (excluded_nodes) and records requeuehold/exclude/release as done "
-                   "(ok, no dry_run flag), unlike Recovery which skips the state change in dry run")
 def test_dry_run_epilog_changes_nothing_in_the_state(setup):
     setup.write_log("kill_on_bad_exit_cascade.log")
     cluster = Cluster(FAILED)

@@ -126,8 +126,6 @@ def test_six_nodes_are_listed_in_full():
     assert "on node1,node2,node3,node4,node5,node6  ->" in render_timeline(rec)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (cosmetic): a finding without a rule id (every HANG finding) renders "
-                   "as 'rule None' in report.py render_timeline")
 def test_a_finding_without_rule_id_does_not_print_rule_none():
     text = render_timeline(three_attempts())
     assert "      HANG (UNKNOWN" in text and "rule None" not in text

@@ -144,9 +144,6 @@ def test_a_corrupt_file_is_set_aside_by_update_too(tmp_path):
     assert len(list(tmp_path.glob("job_7.json.corrupt-*"))) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: valid JSON that is not an object (null, [], a number) raises "
-                   "AttributeError out of StateStore.load instead of being set aside (state.py _read catches "
-                   "only ValueError, KeyError, TypeError)")
 @pytest.mark.parametrize("garbage", ["null", "[1, 2]", "3", '{"job_id": "7", "attempts": [1]}'])
 def test_valid_json_that_is_not_a_record_is_set_aside(tmp_path, garbage):
     store = StateStore(tmp_path)
@@ -155,8 +152,6 @@ def test_valid_json_that_is_not_a_record_is_set_aside(tmp_path, garbage):
     assert len(list(tmp_path.glob("job_7.json.corrupt-*"))) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: two corrupt files set aside in the same second share the name "
-                   "job_<id>.json.corrupt-<int(time)>; os.replace overwrites the first one")
 def test_corrupt_files_set_aside_in_the_same_second_are_all_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(state_mod.time, "time", lambda: 1_700_000_000.25)
     store = StateStore(tmp_path)
