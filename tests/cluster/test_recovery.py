@@ -29,8 +29,9 @@ def comment(**aps) -> str:
 def run_job(jobs, slurm, job_dir):
     """Write an sbatch script (ajr run ... inside) and submit it; returns the job id."""
 
-    def submit(body: str, *, aps: dict | None = None, nodes: int = 2, env: dict | None = None,
-               config: str | None = None, extra: tuple[str, ...] = ()) -> str:
+    def submit(body: str, *, aps: dict | bool | None = None, nodes: int = 2, env: dict | None = None,
+               config: str | None = None, extra: tuple[str, ...] = (), name: str = "t") -> str:
+        """``aps=False`` submits without an enrollment comment."""
         script = job_dir / "job.sh"
         script.write_text("#!/bin/bash\n" + textwrap.dedent(body))
         job_env = {"AJR": AJR, "PY": sys.executable, "TRAIN": str(TRAIN), "CK": str(job_dir / "ckpt"),
@@ -41,10 +42,10 @@ def run_job(jobs, slurm, job_dir):
         else:
             job_env["AJR_CONFIG"] = str(job_dir / "none.yaml")
             (job_dir / "none.yaml").write_text("# defaults\n")
+        enrol = [] if aps is False else [f"--comment={comment(**(aps or {}))}"]
         return jobs(f"-N{nodes}", "--ntasks-per-node=1", "--requeue", "--open-mode=append",
-                    "--job-name=t", f"--chdir={job_dir}", f"--output={job_dir}/batch.out",
-                    f"--comment={comment(**(aps if aps is not None else {}))}", *extra, str(script),
-                    env=job_env)
+                    f"--job-name={name}", f"--chdir={job_dir}", f"--output={job_dir}/batch.out",
+                    *enrol, *extra, str(script), env=job_env)
 
     return submit
 
@@ -299,3 +300,31 @@ def test_fast_restart_from_the_epilog(lab, run_job, slurm, job_dir, capsys):
     starts = [float(m) for m in re.findall(r"start 1 (\d+\.\d+)", read(Path(second.log_path)))]
     with capsys.disabled():
         print(f"\nfast restart: requeuehold -> next attempt's first line {min(starts) - hold:.2f} s")
+
+
+def test_partition_enrollment_without_a_comment(run_job, slurm, job_dir):
+    job_id = run_job("""
+        "$AJR" run -- bash -c 'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then exit 4; fi; echo fine'
+        """, aps=False, config="enroll_partitions: [lab]\n")
+    job = wait_for(lambda: (j := slurm.show_job(job_id)).restarts >= 1 and j.base_state in FINAL and j,
+                   60, "the requeued attempt to finish")
+    assert job.base_state == "COMPLETED" and job.comment == ""
+    rec = state(job_dir, job_id)
+    assert rec.enrollment["source"] == "partition"
+    assert [a.decision["verdict"] for a in rec.attempts] == ["REQUEUE", "NONE"]
+
+
+def test_singleton_dependency_releases_the_next_held_job(jobs, run_job, slurm, job_dir):
+    """AJR's deprecated mode: no requeue; the next job of the chain (same name, same user) is released."""
+    nxt = jobs("-N1", "-H", "--job-name=chain", f"--chdir={job_dir}", f"--output={job_dir}/next.out",
+               "--wrap", "echo next-ran")
+    job_id = run_job("""
+        "$AJR" run -- bash -c 'exit 6'
+        """, aps={"auto_resume_mode": "singleton_dependency"}, nodes=1, name="chain")
+    job = final_job(slurm, job_id)
+    assert job.restarts == 0
+    wait_for(lambda: slurm.show_job(nxt).base_state == "COMPLETED", 60, "the next job of the chain to run")
+    assert "next-ran" in read(job_dir / "next.out")
+    [only] = state(job_dir, job_id).attempts
+    assert [(a["action"], a["detail"]) for a in only.actions] == [("release_next", nxt)]
+    assert "singleton_dependency" in read(job_dir / "batch.out")  # the deprecation warning
