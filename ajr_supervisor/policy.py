@@ -5,8 +5,8 @@ Pure: plain data in, a :class:`~ajr_supervisor.types.Decision` out. The rules, i
 1. An attempt ended by the user or by Slurm itself (scancel, time limit, preemption) is left alone.
 2. A clean exit with no fatal finding is success: nothing to do. (The supervisor treats every exit 0
    as success: when all tasks exit 0 the training finished its own way; it does not ask the policy.)
-3. The primary finding is the most severe one (STOP > EXCLUDE_NODE_AND_REQUEUE > REQUEUE), the
-   earliest among equals. A fatal line that proves death (trigger ``immediate``) outranks the exit
+3. The primary finding is the most severe one (STOP > EXCLUDE_NODE_AND_REQUEUE > REQUEUE); among
+   equals a specific one before a generic one (a traceback, an exit status), then the earliest. A fatal line that proves death (trigger ``immediate``) outranks the exit
    status; a line that only explains (``at_exit``) counts once the step has failed.
 4. STOP on a deterministic application error: the next attempt would fail the same way.
 5. STOP when the requeue budget is spent: Slurm's restart count >= min(system, job) limit.
@@ -45,11 +45,19 @@ class PolicyInput:
     details: dict = field(default_factory=dict)
 
 
+# Findings that say *that* something failed rather than *what*: any specific finding of the same
+# severity explains more (a CUDA error line beats the traceback that carries it, and both beat the
+# exit status).
+GENERIC_RULES = frozenset({"python_traceback", "srun.exit", "srun.task_exit", "srun.task_signal", None})
+
+
 def primary_finding(findings: Sequence[Finding], step_failed: bool) -> Finding | None:
+    """The finding that decides: the most severe; among equals a specific one before a generic one;
+    then the earliest."""
     relevant = [f for f in findings if f.trigger == Trigger.IMMEDIATE or step_failed]
     if not relevant:
         return None
-    return sorted(relevant, key=lambda f: (-ACTION_SEVERITY[f.action], f.time))[0]
+    return sorted(relevant, key=lambda f: (-ACTION_SEVERITY[f.action], f.rule_id in GENERIC_RULES, f.time))[0]
 
 
 def consecutive_failures_without_checkpoint(previous: Sequence[PastAttempt]) -> int:

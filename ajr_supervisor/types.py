@@ -85,6 +85,7 @@ class Finding:
     rank: int | None = None
     nodes: tuple[str, ...] = ()       # nodes the evidence points at (to exclude when the action says so)
     trigger: Trigger = Trigger.IMMEDIATE
+    offset: int | None = None         # where the line is: byte offset in a log (or line number in `ajr analyze`)
 
 
 class Verdict(str, Enum):

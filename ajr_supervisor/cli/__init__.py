@@ -32,9 +32,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from ajr_supervisor.cli import hooks, lab, run, status
+    from ajr_supervisor.cli import analyze, hooks, lab, run, status
 
     cli.add_command(run.run)
+    cli.add_command(analyze.analyze)
     cli.add_command(status.status)
     cli.add_command(lab.lab)
     for command in hooks.COMMANDS:

@@ -21,7 +21,7 @@ def line_finding(line: LogLine, match: RuleMatch, rank_nodes: Mapping[int, str])
     return Finding(anomaly=match.anomaly, component=match.component, action=match.action,
                    time=line.time, reason=match.description, rule_id=match.rule_id,
                    line=prefix + line.text, rank=line.rank, nodes=(node,) if node else (),
-                   trigger=match.trigger)
+                   trigger=match.trigger, offset=line.offset)
 
 
 def srun_findings(events: Iterable[tuple[float, str, SrunEvent]]) -> list[Finding]:
