@@ -51,6 +51,10 @@ def render_timeline(rec: JobRecord) -> str:
                 rule = f", rule {f['rule_id']}" if f.get("rule_id") else ""
                 lines.append(f"      {f.get('anomaly')} ({f.get('component')}{where}{rule})"
                              + (f": {f['line']}" if f.get("line") else ""))
+            blame = d.get("attribution")
+            if blame and blame.get("action") != "NONE":
+                on = f" on {','.join(blame['nodes'])}" if blame.get("nodes") else ""
+                lines.append(f"      blame: {blame['component']}{on} (confidence {blame['confidence']}) - {blame['reason']}")
             verdict = VERDICT_WORDS.get(d["verdict"], d["verdict"])
             excl = f" {','.join(d['exclude'])}" if d["verdict"] == "EXCLUDE_AND_REQUEUE" else ""
             dry = " [dry run]" if d.get("dry_run") else ""

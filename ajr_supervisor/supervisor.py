@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ajr_supervisor.attribute import attribute
 from ajr_supervisor.config import Config
 from ajr_supervisor.detect.analyzer import CheckpointSeen, LogAnalyzer
 from ajr_supervisor.detect.crash import exit_finding
@@ -327,9 +328,12 @@ class Supervisor:
 
     def _record_decision(self, decision: Decision, *, step_failed: bool, findings: Sequence[Finding] = ()) -> None:
         now = self.wall()
+        blame = attribute(findings, step_failed=step_failed, rank_nodes=self.analyzer.rank_nodes,
+                          allocation=self.job.nodes) if findings else None
         entry = {"verdict": decision.verdict.value, "reason": decision.reason, "exclude": list(decision.exclude),
                  "decided_at": now, "by": "supervisor", "dry_run": self.slurm.dry_run,
-                 "finding": _finding_dict(decision.finding) if decision.finding else None}
+                 "finding": _finding_dict(decision.finding) if decision.finding else None,
+                 "attribution": blame.to_dict() if blame else None}
 
         def change(rec: JobRecord) -> None:
             a = self._current(rec)
