@@ -89,9 +89,10 @@ def _enrolled(env: Mapping[str, str]):
 
 
 def _spawn_finish(env: Mapping[str, str]) -> None:
+    child_env = dict(env, AJR_EPILOG_AT=f"{time.time():.3f}")
     subprocess.Popen([sys.executable, "-m", "ajr_supervisor", "epilog", "--finish"],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     env=dict(env), start_new_session=True, close_fds=True)
+                     env=child_env, start_new_session=True, close_fds=True)
 
 
 def finish(env: Mapping[str, str], *, slurm=None, clock=time.monotonic, sleep=time.sleep) -> str:
@@ -135,7 +136,7 @@ def _finish(env, config, slurm, job_id: str, clock, sleep) -> str:
     prev = record.attempt(restarts - 1) if record and restarts > 0 else None
     if (prev is not None and record.attempt(restarts) is None and prev.decision
             and prev.decision.get("verdict") in ("REQUEUE", "EXCLUDE_AND_REQUEUE")
-            and _requeued(slurm.show_job(job_id))):
+            and (_hold_just_before(prev, env) or _requeued(slurm.show_job(job_id)))):
         return _after_requeuehold(env, config, slurm, store, job_id, restarts - 1, allocation, clock, sleep)
     # Any other end: wait until Slurm is done with the job, then see whether anybody decided.
     job, _ = _wait_job(slurm, job_id, lambda j: j.base_state != "COMPLETING", PENDING_TIMEOUT_S, clock, sleep)
@@ -146,6 +147,17 @@ def _finish(env, config, slurm, job_id: str, clock, sleep) -> str:
     if job.base_state in ("CANCELLED", "COMPLETED", "PENDING", "RUNNING", "TIMEOUT", "PREEMPTED", "REQUEUED"):
         return f"attempt {restarts} ended {job.base_state}: nothing to do"
     return _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, attempt)
+
+
+def _hold_just_before(attempt, env: Mapping[str, str]) -> bool:
+    """This EpilogSlurmctld run is the one Slurm started for the supervisor's own requeuehold: it
+    runs 3-30 ms after it, while a next attempt that ran and ended takes seconds at the very least."""
+    try:
+        epilog_at = float(env["AJR_EPILOG_AT"])
+    except (KeyError, ValueError):
+        return False
+    holds = [a["at"] for a in attempt.actions if a.get("action") == "requeuehold" and a.get("ok")]
+    return any(-0.5 <= epilog_at - at <= 1.0 for at in holds)
 
 
 def _requeued(job) -> bool:

@@ -360,3 +360,23 @@ def test_dry_run_epilog_changes_nothing_in_the_state(setup):
     assert rec.attempt(0).decision["dry_run"] is True
     assert rec.excluded_nodes == []
     assert all(a.get("dry_run") for a in rec.attempt(0).actions)
+
+
+def test_fast_restart_when_the_supervisor_released_before_the_child_looked(setup):
+    """Race seen in CI: the supervisor released the job while it was still COMPLETING (Reason no
+    longer 'requeued in held state'); the epilog's own start time still ties it to the requeuehold."""
+    setup.config.write_text("fast_restart: true\n")
+    setup.decided(0, "REQUEUE", actions=["requeuehold", "release"])
+    completing_released = COMPLETING_HELD.replace("Reason=job_requeued_in_held_state", "Reason=None")
+    cluster = Cluster(completing_released, RELEASED)
+    summary = setup.finish(cluster, AJR_EPILOG_AT="2.02")          # 20 ms after the requeuehold at 2.0
+    assert summary == "fast restart: StartTime=now+1"
+    assert cluster.actions == [["scontrol", "update", f"JobId={JOB}", "StartTime=now+1"]]
+
+
+def test_an_old_requeuehold_does_not_make_a_later_failure_look_like_a_requeue(setup):
+    setup.decided(0, "REQUEUE", actions=["requeuehold", "release"])
+    setup.write_log("exit_code.log", "train_77_date_26-11-25_time_11-00-00.log")
+    summary = setup.finish(Cluster(FAILED), AJR_EPILOG_AT="40.0", SLURM_JOB_RESTART_COUNT="1",
+                           SLURM_JOB_EXIT_CODE2="1:0", SLURM_JOB_NODELIST="node[3-4]")
+    assert summary.startswith("decided REQUEUE from the log and requeued")
