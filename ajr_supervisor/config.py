@@ -23,7 +23,7 @@ from ajr_supervisor.errors import UsageError
 DEFAULT_CONFIG_PATH = Path("/etc/ajr/ajr.yaml")
 #: ``AJR_*`` variables that are not config fields (tools, tests, hooks); never reported as unknown.
 NON_CONFIG_ENV = frozenset({"AJR_CONFIG", "AJR_DEBUG", "AJR_LAB_DIR", "AJR_HOOK_LOG", "AJR_KEEP_LAB",
-                            "AJR_TEST_LAB_DIR", "AJR_NVML_FAKE", "AJR_REGISTRY_TOKEN"})
+                            "AJR_TEST_LAB_DIR", "AJR_NVML_FAKE", "AJR_REGISTRY_TOKEN", "AJR_EPILOG_AT"})
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
