@@ -280,7 +280,7 @@ def test_non_config_ajr_variables_are_allowed():
     env = {name: "whatever" for name in NON_CONFIG_ENV}
     assert load_config(env={**env, "AJR_CONFIG": ""}) == Config()
     assert {"AJR_CONFIG", "AJR_DEBUG", "AJR_LAB_DIR", "AJR_HOOK_LOG", "AJR_KEEP_LAB", "AJR_TEST_LAB_DIR",
-            "AJR_NVML_FAKE", "AJR_REGISTRY_TOKEN"} == set(NON_CONFIG_ENV)
+            "AJR_NVML_FAKE", "AJR_REGISTRY_TOKEN", "AJR_EPILOG_AT"} == set(NON_CONFIG_ENV)
 
 
 def test_other_variables_are_ignored():
