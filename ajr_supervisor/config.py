@@ -54,6 +54,11 @@ class Config:
     # from the dying task (its traceback), and the supervisor ends the step itself, settle_s after
     # srun reports the first failed task.
     srun_kill_on_bad_exit: bool = False
+    # Admin mode (EpilogSlurmctld, as SlurmUser): drain the nodes ajr excludes, behind a breaker.
+    drain: bool = False
+    drain_max_per_hour: int = 2          # at most this many drains by ajr in any hour, cluster-wide
+    drain_max_fraction: float = 0.1      # at most this share of a partition drained by ajr (at least 1 node)
+    drain_ledger: str | None = None      # None: /var/lib/ajr/drains.json (what ajr drained, and when)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -97,6 +102,10 @@ _SPECS: dict[str, _Spec] = {
     "slurm_timeout_s": _Spec("float", 0, True, "30"),
     "poll_interval_s": _Spec("float", 0, True, "0.5"),
     "srun_kill_on_bad_exit": _Spec("bool"),
+    "drain": _Spec("bool"),
+    "drain_max_per_hour": _Spec("int", 0, example="2"),
+    "drain_max_fraction": _Spec("float", 0, True, "0.1"),
+    "drain_ledger": _Spec("path"),
 }
 FIELD_NAMES: tuple[str, ...] = tuple(sorted(_SPECS))
 _ENV_NAMES = {f"AJR_{name.upper()}": name for name in FIELD_NAMES}

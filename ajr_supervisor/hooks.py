@@ -137,7 +137,8 @@ def _finish(env, config, slurm, job_id: str, clock, sleep) -> str:
     if (prev is not None and record.attempt(restarts) is None and prev.decision
             and prev.decision.get("verdict") in ("REQUEUE", "EXCLUDE_AND_REQUEUE")
             and (_hold_just_before(prev, env) or _requeued(slurm.show_job(job_id)))):
-        return _after_requeuehold(env, config, slurm, store, job_id, restarts - 1, allocation, clock, sleep)
+        summary = _after_requeuehold(env, config, slurm, store, job_id, restarts - 1, allocation, clock, sleep)
+        return summary + _maybe_drain(env, config, slurm, store, job_id, restarts - 1, prev.decision, allocation)
     # Any other end: wait until Slurm is done with the job, then see whether anybody decided.
     job, _ = _wait_job(slurm, job_id, lambda j: j.base_state != "COMPLETING", PENDING_TIMEOUT_S, clock, sleep)
     record = store.load(job_id)
@@ -255,7 +256,42 @@ def _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, at
     slurm.release(job_id)
     _record_actions(store, job_id, restarts, ["requeuehold"] + (["exclude"] if exclude else []) + ["release"],
                     dry_run=slurm.dry_run)
-    return f"decided {decision.verdict.value} from the log and requeued: {decision.reason}"
+    recorded = store.load(job_id).attempt(restarts).decision
+    return (f"decided {decision.verdict.value} from the log and requeued: {decision.reason}"
+            + _maybe_drain(env, config, slurm, store, job_id, restarts, recorded, allocation))
+
+
+def _maybe_drain(env, config, slurm, store, job_id: str, attempt_no: int, decision: dict, allocation) -> str:
+    """Admin mode: drain the nodes this decision excluded (breaker permitting). Returns a summary tail."""
+    if not config.drain or not decision or decision.get("verdict") != "EXCLUDE_AND_REQUEUE":
+        return ""
+    from ajr_supervisor.drain import Drainer
+
+    blame = decision.get("attribution") or {}
+    finding = decision.get("finding") or {}
+    nodes = blame.get("nodes") or finding.get("nodes") or []
+    nodes = [n for n in nodes if n in set(allocation) and n in set(decision.get("exclude", []))]
+    component = blame.get("component") or finding.get("component") or "UNKNOWN"
+    evidence = finding.get("line") or blame.get("reason") or decision.get("reason", "")
+    drainer = Drainer(slurm, config.drain_ledger, max_per_hour=config.drain_max_per_hour,
+                      max_fraction=config.drain_max_fraction)
+    said = []
+    for node in nodes:
+        verdict = drainer.drain(node, partition=env.get("SLURM_JOB_PARTITION", ""), job_id=job_id,
+                                component=component, evidence=evidence)
+        said.append(f"drained {node}" if verdict.allowed else f"not draining {node}: {verdict.why}")
+    if not said:
+        return ""
+
+    def change(rec) -> None:
+        a = rec.attempt(attempt_no)
+        if a is not None:
+            a.actions.extend({"action": "drain", "ok": s.startswith("drained"), "at": time.time(), "error": None
+                              if s.startswith("drained") else s, "detail": s, "by": "epilog",
+                              "dry_run": slurm.dry_run} for s in said)
+
+    store.update(job_id, change)
+    return "; " + "; ".join(said)
 
 
 def _record_actions(store, job_id: str, attempt_no: int, actions: list[str], dry_run: bool = False) -> None:

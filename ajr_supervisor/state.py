@@ -104,40 +104,44 @@ class JobRecord:
         return cls(**data)
 
 
-class StateStore:
-    def __init__(self, directory: str | os.PathLike) -> None:
-        self.directory = Path(directory)
+class JsonFile:
+    """One JSON document in a file, shared between processes (and users): read-modify-write under an
+    exclusive ``flock`` on ``<file>.lock``, atomic replace (temp file, fsync, rename, fsync of the
+    directory). A document that cannot be parsed is kept aside as ``<file>.corrupt-<ns>`` and counts
+    as absent. As root, new files are given to the directory's owner (the job's user)."""
 
-    def path(self, job_id: str) -> Path:
-        safe = str(job_id).replace("/", "_")
-        return self.directory / f"job_{safe}.json"
+    def __init__(self, path: str | os.PathLike, parse: Callable[[dict], Any] = dict,
+                 dump: Callable[[Any], dict] = dict) -> None:
+        self.path = Path(path)
+        self.parse = parse
+        self.dump = dump
 
-    def load(self, job_id: str) -> JobRecord | None:
-        """The job's record, or None when there is none (or it was unreadable and set aside)."""
-        with self._locked(job_id):
-            return self._read(job_id)
+    def load(self) -> Any | None:
+        with self._locked():
+            return self._read()
 
-    def update(self, job_id: str, change: Callable[[JobRecord], Any]) -> JobRecord:
-        """Apply ``change`` to the job's record (created when missing) atomically, under the lock."""
-        with self._locked(job_id):
-            record = self._read(job_id) or JobRecord(job_id=str(job_id))
-            change(record)
-            self._write(record)
-            return record
+    def update(self, change: Callable[[Any], Any], new: Callable[[], Any]) -> Any:
+        """Apply ``change`` to the document (``new()`` when there is none) and write it back."""
+        with self._locked():
+            doc = self._read()
+            if doc is None:
+                doc = new()
+            change(doc)
+            self._write(doc)
+            return doc
 
-    # -- internals --------------------------------------------------------------------------
     @contextmanager
-    def _locked(self, job_id: str) -> Iterator[None]:
-        lock = self.path(job_id).with_suffix(".lock")
+    def _locked(self) -> Iterator[None]:
+        lock = self.path.with_suffix(".lock")
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             except PermissionError:   # created by the other side (root epilog / the job's user)
                 fd = os.open(lock, os.O_RDONLY)
             self._give_to_owner(lock)
         except OSError as exc:
-            raise StateError(f"cannot use the state directory {self.directory}: {exc.strerror}",
+            raise StateError(f"cannot use the state directory {self.path.parent}: {exc.strerror}",
                              "set state_dir in the ajr config to a directory the job's user can write") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -145,8 +149,8 @@ class StateStore:
         finally:
             os.close(fd)
 
-    def _read(self, job_id: str) -> JobRecord | None:
-        path = self.path(job_id)
+    def _read(self) -> Any | None:
+        path = self.path
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -157,28 +161,26 @@ class StateStore:
             data = json.loads(text)
             if not isinstance(data, dict):
                 raise ValueError(f"the top level is a {type(data).__name__}, not an object")
-            return JobRecord.from_dict(data)
+            return self.parse(data)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
             os.replace(path, aside)
-            log.warning("job %s: state file %s is unreadable (%s); kept it as %s and started a new one",
-                        job_id, path, exc, aside)
+            log.warning("%s is unreadable (%s); kept it as %s and started a new one", path, exc, aside)
             return None
 
     def _give_to_owner(self, path: Path) -> None:
-        """As root (EpilogSlurmctld), leave files owned by the directory's owner (the job's user)."""
         if os.geteuid() != 0:
             return
-        st = self.directory.stat()
+        st = self.path.parent.stat()
         try:
             os.chown(path, st.st_uid, st.st_gid)
         except OSError:
             pass
 
-    def _write(self, record: JobRecord) -> None:
-        path = self.path(record.job_id)
+    def _write(self, doc: Any) -> None:
+        path = self.path
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        data = json.dumps(record.to_dict(), indent=1, sort_keys=True, default=str) + "\n"
+        data = json.dumps(self.dump(doc), indent=1, sort_keys=True, default=str) + "\n"
         try:
             with open(tmp, "w") as f:
                 f.write(data)
@@ -186,7 +188,7 @@ class StateStore:
                 os.fsync(f.fileno())
             self._give_to_owner(tmp)
             os.replace(tmp, path)
-            dfd = os.open(self.directory, os.O_RDONLY)
+            dfd = os.open(path.parent, os.O_RDONLY)
             try:
                 os.fsync(dfd)
             finally:
@@ -194,3 +196,25 @@ class StateStore:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StateError(f"cannot write {path}: {exc.strerror}") from None
+
+
+class StateStore:
+    """The per-job state files of one directory."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    def path(self, job_id: str) -> Path:
+        safe = str(job_id).replace("/", "_")
+        return self.directory / f"job_{safe}.json"
+
+    def _file(self, job_id: str) -> JsonFile:
+        return JsonFile(self.path(job_id), parse=JobRecord.from_dict, dump=JobRecord.to_dict)
+
+    def load(self, job_id: str) -> JobRecord | None:
+        """The job's record, or None when there is none (or it was unreadable and set aside)."""
+        return self._file(job_id).load()
+
+    def update(self, job_id: str, change: Callable[[JobRecord], Any]) -> JobRecord:
+        """Apply ``change`` to the job's record (created when missing) atomically, under the lock."""
+        return self._file(job_id).update(change, lambda: JobRecord(job_id=str(job_id)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -328,3 +329,51 @@ def test_singleton_dependency_releases_the_next_held_job(jobs, run_job, slurm, j
     [only] = state(job_dir, job_id).attempts
     assert [(a["action"], a["detail"]) for a in only.actions] == [("release_next", nxt)]
     assert "singleton_dependency" in read(job_dir / "batch.out")  # the deprecation warning
+
+
+def test_admin_mode_drains_behind_the_breaker_and_resumes_only_its_own(lab, run_job, slurm, job_dir):
+    """drain: true in the epilog's config: the first excluded node is drained with ajr's reason; the
+    breaker (1 per hour) refuses the second; `ajr drain resume` undoes the first."""
+    ledger = job_dir / "drains.json"
+    lab.spec.ajr_conf.write_text(f"drain: true\ndrain_max_per_hour: 1\ndrain_max_fraction: 0.5\n"
+                                 f"drain_ledger: {ledger}\n")
+    body = """
+        "$AJR" run -- "$PY" "$TRAIN" --iters 12 --step-s 0.05 --ckpt-dir "$CK" --ckpt-every 4 \\
+            --fail-at 5 --fail-rank 1 --fail-mode signal:KILL --fail-attempt 0
+        """
+    drained = []
+    try:
+        first = run_job(body)
+        job = wait_for(lambda: (j := slurm.show_job(first)).restarts >= 1 and j.base_state in FINAL and j,
+                       90, "the first job to finish")
+        bad = state(job_dir, first).attempts[0].decision["exclude"][0]
+        node = wait_for(lambda: next((n for n in slurm.show_nodes(bad) if "DRAIN" in n.flags), None), 20,
+                        f"{bad} to be drained")
+        drained.append(bad)
+        assert node.reason.startswith("ajr: UNKNOWN: srun: error: ") and bad in node.reason
+        drain_action = [a for a in state(job_dir, first).attempts[0].actions if a["action"] == "drain"]
+        assert drain_action and drain_action[0]["ok"]
+
+        (job_dir / "ckpt").rename(job_dir / "ckpt-first")
+        second = run_job(body)
+        wait_for(lambda: (j := slurm.show_job(second)).restarts >= 1 and j.base_state in FINAL and j,
+                 90, "the second job to finish")
+        rec = wait_for(lambda: (r := state(job_dir, second)) and any(
+            a["action"] == "drain" for a in r.attempts[0].actions) and r, 20, "the breaker's answer")
+        other = rec.attempts[0].decision["exclude"][0]
+        refused = [a for a in rec.attempts[0].actions if a["action"] == "drain"][0]
+        assert not refused["ok"] and "breaker" in refused["detail"]
+        assert not [n for n in slurm.show_nodes(other) if "DRAIN" in n.flags]
+        proc = subprocess.run([AJR, "drain", "resume", bad], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "SLURM_CONF": str(lab.spec.slurm_conf),
+                                   "AJR_CONFIG": str(lab.spec.ajr_conf)})
+        assert proc.returncode == 0 and proc.stdout.strip() == f"{bad} resumed", proc.stderr
+        drained.clear()
+        proc = subprocess.run([AJR, "drain", "resume", other], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "SLURM_CONF": str(lab.spec.slurm_conf),
+                                   "AJR_CONFIG": str(lab.spec.ajr_conf)})
+        assert proc.returncode == 1 and "was not drained by ajr" in proc.stderr
+    finally:
+        lab.spec.ajr_conf.write_text("# fast_restart: true\n")
+        for n in drained:
+            slurm.resume(n)

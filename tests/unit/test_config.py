@@ -145,7 +145,7 @@ def test_unknown_key_lists_the_valid_ones(tmp_path):
     path = write(tmp_path, "hang_timout_s: 30\n")
     line = error_of(path=path, env={})
     assert line.startswith(f"{path}: unknown key 'hang_timout_s'; valid keys: checkpoint_patterns, "
-                           "crash_loop_attempts, dry_run,")
+                           "crash_loop_attempts, drain, drain_ledger, drain_max_fraction, drain_max_per_hour, dry_run,")
     assert "srun_kill_on_bad_exit" in line
     assert "did you mean 'hang_timeout_s'?" in line
 
