@@ -59,6 +59,11 @@ def render_timeline(rec: JobRecord) -> str:
             excl = f" {','.join(d['exclude'])}" if d["verdict"] == "EXCLUDE_AND_REQUEUE" else ""
             dry = " [dry run]" if d.get("dry_run") else ""
             lines.append(f"      decision ({d.get('by', 'supervisor')}): {verdict}{excl}{dry} - {d['reason']}")
+        if a.stacks:
+            lines.append(f"      stacks before the kill (py-spy): ranks {', '.join(sorted(a.stacks, key=int))}")
+            for rank in sorted(a.stacks, key=int)[:2]:
+                frames = [ln.strip() for ln in a.stacks[rank].splitlines() if ln.strip()][:4]
+                lines.append(f"        rank {rank}: " + " | ".join(frames))
         if a.actions:
             acts = ", ".join(f"{x['action']} {'ok' if x.get('ok') else 'FAILED: ' + str(x.get('error'))}"
                              for x in a.actions)

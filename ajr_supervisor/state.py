@@ -51,6 +51,7 @@ class Attempt:
     actions: list[dict] = field(default_factory=list)   # action, ok, at, error
     log_offset: int = 0
     rank_nodes: dict[str, str] = field(default_factory=dict)   # rank (as str) -> node
+    stacks: dict[str, str] = field(default_factory=dict)       # rank -> py-spy dump, taken before a hang's kill
 
     @property
     def running(self) -> bool:

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import signal
+import sys
 import socket
 import threading
 import time
@@ -38,7 +41,7 @@ from ajr_supervisor.recovery import Recovery
 from ajr_supervisor.rules import RuleSet
 from ajr_supervisor.slurm import Slurm, expand_hostlist
 from ajr_supervisor.state import Attempt, JobRecord, StateStore
-from ajr_supervisor.types import Decision, Finding, LogLine, Trigger, Verdict
+from ajr_supervisor.types import Anomaly, Decision, Finding, LogLine, Trigger, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ EXIT_REQUEUED = 75
 EXIT_STOPPED = 79
 EXIT_TERMINATED = 143
 MAX_RECORDED_ANOMALIES = 50
+MAX_STACK_CHARS = 8000          # per rank, kept in the state file
 
 
 @dataclass(frozen=True)
@@ -274,6 +278,8 @@ class Supervisor:
             ended_externally=external))
         self.info("decision %s: %s", decision.verdict.value, decision.reason)
         self._record_decision(decision, step_failed=step_failed, findings=findings)
+        if proc is not None and decision.finding is not None and decision.finding.anomaly == Anomaly.HANG:
+            self._record_stacks(self._dump_stacks())
         recovery = Recovery(self.slurm, self.store, self.job, self.attempt, self.enrollment, self.config)
         if decision.verdict == Verdict.NONE:
             self._end_attempt(exit_code, external or "failure", None)
@@ -345,6 +351,40 @@ class Supervisor:
 
         self.store.update(self.job.job_id, change)
 
+    def _dump_stacks(self) -> dict[str, str]:
+        """Hang evidence before the kill: ``py-spy dump`` of every rank, run on each node through
+        ``srun --overlap`` (the allocation is still ours). Ranks map to pids by the [ajr] marks."""
+        pids = self.analyzer.rank_pids
+        by_node: dict[str, list[tuple[int, int]]] = {}
+        for rank, pid in sorted(pids.items()):
+            node = self.analyzer.rank_nodes.get(rank)
+            if node:
+                by_node.setdefault(node, []).append((rank, pid))
+        if not by_node:
+            return {}
+        nodes = sorted(by_node)
+        # one shell per node: dump the ranks that run there (the node's ranks are passed as r:pid pairs)
+        script = ('for rp in $(eval echo \$AJR_RANKS_$(echo "$SLURMD_NODENAME" | tr -c "A-Za-z0-9\n" _)); do '
+                  'r=${rp%%:*}; p=${rp#*:}; echo "=== rank $r pid $p"; '
+                  'timeout 10 "$AJR_PYSPY" dump --pid "$p" 2>&1 || echo "(py-spy failed: is py-spy installed on the node?)"; '
+                  'done')
+        env_pairs = {f"AJR_RANKS_{''.join(c if c.isalnum() else '_' for c in n)}":
+                     " ".join(f"{r}:{p}" for r, p in by_node[n]) for n in nodes}
+        beside = Path(sys.executable).with_name("py-spy")
+        env_pairs["AJR_PYSPY"] = shutil.which("py-spy") or (str(beside) if beside.exists() else "py-spy")
+        self.info("capturing stacks of %d ranks with py-spy on %s", len(pids), ",".join(nodes))
+        try:
+            result = self.slurm.overlap(self.job.job_id, nodes, ["/bin/sh", "-c", script], timeout_s=20,
+                                        extra_env=env_pairs)
+        except AjrError as exc:
+            self.info("could not capture stacks: %s", exc.one_line())
+            return {}
+        return parse_stack_dumps(result.stdout)
+
+    def _record_stacks(self, dumps: dict[str, str]) -> None:
+        if dumps:
+            self.store.update(self.job.job_id, lambda rec: setattr(self._current(rec), "stacks", dumps))
+
     def _save_final_offset(self) -> None:
         """After acting, remember how far this attempt's output reaches (the step is dead by now),
         so a supervisor attached to the same file in the next attempt starts after it."""
@@ -373,6 +413,26 @@ class Supervisor:
                 rec.final = {"verdict": "STOP", "reason": decision.reason, "at": now, "attempt": self.attempt}
 
         self.store.update(self.job.job_id, change)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def parse_stack_dumps(output: str) -> dict[str, str]:
+    """``srun -l`` output of the dump script -> {training rank: py-spy text}. Each node's task (its
+    srun prefix) announces the rank it dumps next; tasks' lines interleave, so track each prefix."""
+    current: dict[str, str] = {}
+    dumps: dict[str, list[str]] = {}
+    for line in _ANSI.sub("", output).splitlines():
+        task, sep, text = line.partition(": ")
+        if not sep:
+            continue
+        if text.startswith("=== rank "):
+            current[task] = text.split()[2]
+            dumps[current[task]] = []
+        elif task in current:
+            dumps[current[task]].append(text)
+    return {rank: "\n".join(lines).strip()[-MAX_STACK_CHARS:] for rank, lines in dumps.items()}
 
 
 class StepWatcher:

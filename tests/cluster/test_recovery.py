@@ -132,6 +132,9 @@ def test_hang_is_detected_and_requeued(run_job, slurm, job_dir):
     first, second = state(job_dir, job_id).attempts
     assert first.decision["verdict"] == "REQUEUE"
     assert first.decision["finding"]["anomaly"] == "HANG"
+    # the evidence taken before the kill: py-spy stacks of both ranks, naming the trainer's frames
+    assert sorted(first.stacks) == ["0", "1"]
+    assert all("train.py" in dump for dump in first.stacks.values()), first.stacks
     assert 3 <= first.ended_at - first.started_at < 15
     assert second.end_reason == "success"
 

@@ -318,7 +318,11 @@ def test_hang_is_detected_and_requeued(env):
     sup, slurm = env.supervisor(hang_timeout_s=0.5)
     rc, elapsed = run(sup, bash('echo "step 1"; exec sleep 30'))
     assert rc == EXIT_REQUEUED and elapsed < 20
-    assert slurm.commands == [["scontrol", "requeuehold", JOB], ["scontrol", "release", JOB]]
+    # hang evidence first (py-spy on every node through srun --overlap), then the requeue
+    overlap, *rest = slurm.commands
+    assert overlap[:2] == ["srun", "--overlap"] and "--nodelist=node1,node2" in overlap
+    assert "\"$AJR_PYSPY\" dump --pid" in overlap[-1]
+    assert rest == [["scontrol", "requeuehold", JOB], ["scontrol", "release", JOB]]
     [a] = env.record().attempts
     assert a.decision["verdict"] == "REQUEUE" and a.decision["finding"]["anomaly"] == "HANG"
     assert "hang timeout 0.5 s" in a.decision["reason"]
@@ -549,3 +553,16 @@ def test_an_attempt_requeued_by_slurm_does_not_count_as_a_crash(env):
     env.store.update(JOB, history)
     sup, _ = env.supervisor(restarts=2, crash_loop_attempts=3)
     assert run(sup, bash('exit 3'))[0] == EXIT_REQUEUED
+
+
+def test_stack_dumps_from_interleaved_srun_output():
+    from ajr_supervisor.supervisor import parse_stack_dumps
+
+    out = ("1: === rank 1 pid 27642\n0: === rank 0 pid 27644\n"
+           "0: Process \x1b[33m\x1b[1m27644\x1b[0m: python3 train.py\n"
+           "1: Process 27642: python3 train.py\n"
+           "0: Thread 27644 (idle): \"MainThread\"\n0:     sleep_forever (train.py:160)\n"
+           "1:     barrier (train.py:250)\n")
+    dumps = parse_stack_dumps(out)
+    assert dumps["0"] == 'Process 27644: python3 train.py\nThread 27644 (idle): "MainThread"\n    sleep_forever (train.py:160)'
+    assert dumps["1"] == "Process 27642: python3 train.py\n    barrier (train.py:250)"
