@@ -54,6 +54,12 @@ class Config:
     # from the dying task (its traceback), and the supervisor ends the step itself, settle_s after
     # srun reports the first failed task.
     srun_kill_on_bad_exit: bool = False
+    # Node health: on an anomaly the supervisor probes every node of the allocation (`ajr probe` via
+    # srun --overlap) before acting; BAD health blames and excludes a node, UNKNOWN never does.
+    probe_on_anomaly: bool = True
+    probe_timeout_s: float = 20.0        # the whole srun --overlap probe of all nodes
+    nvml_timeout_s: float = 5.0          # each NVML call (a wedged driver hangs NVML)
+    kernel_log: str | None = None        # Xid/OOM source: None = journalctl -k; "dmesg"; or a file (%n = node name)
     # Admin mode (EpilogSlurmctld, as SlurmUser): drain the nodes ajr excludes, behind a breaker.
     drain: bool = False
     drain_max_per_hour: int = 2          # at most this many drains by ajr in any hour, cluster-wide
@@ -102,6 +108,10 @@ _SPECS: dict[str, _Spec] = {
     "slurm_timeout_s": _Spec("float", 0, True, "30"),
     "poll_interval_s": _Spec("float", 0, True, "0.5"),
     "srun_kill_on_bad_exit": _Spec("bool"),
+    "probe_on_anomaly": _Spec("bool"),
+    "probe_timeout_s": _Spec("float", 0, True, "20"),
+    "nvml_timeout_s": _Spec("float", 0, True, "5"),
+    "kernel_log": _Spec("path"),
     "drain": _Spec("bool"),
     "drain_max_per_hour": _Spec("int", 0, example="2"),
     "drain_max_fraction": _Spec("float", 0, True, "0.1"),

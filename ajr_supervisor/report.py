@@ -59,6 +59,12 @@ def render_timeline(rec: JobRecord) -> str:
             excl = f" {','.join(d['exclude'])}" if d["verdict"] == "EXCLUDE_AND_REQUEUE" else ""
             dry = " [dry run]" if d.get("dry_run") else ""
             lines.append(f"      decision ({d.get('by', 'supervisor')}): {verdict}{excl}{dry} - {d['reason']}")
+        if a.health:
+            bad = [f"{n}: {c['name']} ({c['detail']})" for n, h in sorted(a.health.items())
+                   for c in h.get("checks", []) if c.get("state") == "BAD"]
+            unknown = sorted({n for n, h in a.health.items() for c in h.get("checks", []) if c.get("state") == "UNKNOWN"})
+            lines.append(f"      node health: {len(a.health)} probed; BAD: {'; '.join(bad) if bad else 'none'}"
+                         + (f"; UNKNOWN checks on {','.join(unknown)}" if unknown else ""))
         if a.stacks:
             lines.append(f"      stacks before the kill (py-spy): ranks {', '.join(sorted(a.stacks, key=int))}")
             for rank in sorted(a.stacks, key=int)[:2]:

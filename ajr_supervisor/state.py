@@ -52,6 +52,7 @@ class Attempt:
     log_offset: int = 0
     rank_nodes: dict[str, str] = field(default_factory=dict)   # rank (as str) -> node
     stacks: dict[str, str] = field(default_factory=dict)       # rank -> py-spy dump, taken before a hang's kill
+    health: dict[str, dict] = field(default_factory=dict)      # node -> NodeHealth probed before the decision
 
     @property
     def running(self) -> bool:

@@ -14,6 +14,7 @@ Exit codes of ``ajr run`` (documented in the README):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ajr_supervisor.attribute import attribute
+from ajr_supervisor.attribute import HealthFault, attribute
 from ajr_supervisor.config import Config
 from ajr_supervisor.detect.analyzer import CheckpointSeen, LogAnalyzer
 from ajr_supervisor.detect.crash import exit_finding
@@ -41,7 +42,9 @@ from ajr_supervisor.recovery import Recovery
 from ajr_supervisor.rules import RuleSet
 from ajr_supervisor.slurm import Slurm, expand_hostlist
 from ajr_supervisor.state import Attempt, JobRecord, StateStore
-from ajr_supervisor.types import Anomaly, Decision, Finding, LogLine, Trigger, Verdict
+from ajr_supervisor.health import NodeHealth
+from ajr_supervisor.health.probe import component_of
+from ajr_supervisor.types import Action, Anomaly, Decision, Finding, LogLine, Trigger, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,10 @@ class Supervisor:
         self.hang_timeout_s = enrollment.hang_timeout_s or config.hang_timeout_s
         self.max_requeues = effective_max_requeues(config.max_requeue_times, enrollment)
         self.analyzer = LogAnalyzer(rules)
+        self.started_at = wall()
+        self.health: dict[str, NodeHealth] = {}
+        self.health_faults: list[HealthFault] = []
+        self._probe: threading.Thread | None = None
         self.hang_findings: list[Finding] = []
         self.checkpoints: list[dict] = []
         self._terminated: int | None = None
@@ -176,6 +183,7 @@ class Supervisor:
             for line in follower.read_new():
                 if self._on_line(line, hang) and settle_until is None:
                     settle_until = self.clock() + self.config.settle_s
+                    self._start_probe()   # node health, in parallel with the settle
             rc = proc.poll()
             now = self.clock()
             if rc is not None:
@@ -258,8 +266,41 @@ class Supervisor:
         self._end_attempt(rc, "terminated", None)
         return EXIT_TERMINATED
 
+    # -- node health ------------------------------------------------------------------------------
+    def _start_probe(self) -> None:
+        """Probe every node of the allocation (``ajr probe`` via srun --overlap) in the background."""
+        if not self.config.probe_on_anomaly or self._probe is not None or not self.job.nodes:
+            return
+        self._probe = threading.Thread(target=self._run_probe, daemon=True)
+        self._probe.start()
+
+    def _run_probe(self) -> None:
+        argv = [sys.executable, "-m", "ajr_supervisor", "probe", "--json", "--since", f"{self.started_at:.0f}",
+                "--path", str(self.log_dir)]
+        try:
+            result = self.slurm.overlap(self.job.job_id, list(self.job.nodes), argv,
+                                        timeout_s=self.config.probe_timeout_s)
+        except AjrError as exc:
+            self.info("node probe failed (%s): node health UNKNOWN", exc.one_line())
+            return
+        self.health = parse_probe_output(result.stdout)
+        bad = [f"{n}: {c.name}" for n, h in sorted(self.health.items()) for c in h.bad]
+        self.info("node health: %s", "; ".join(bad) if bad else
+                  f"no BAD check on {len(self.health)} of {len(self.job.nodes)} nodes")
+
+    def _health_faults(self) -> list[HealthFault]:
+        if self._probe is not None:
+            self._probe.join(self.config.probe_timeout_s + 5)
+        return [HealthFault(node, c.name, component_of(c.name), c.detail)
+                for node, h in sorted(self.health.items()) if node in self.job.nodes for c in h.bad]
+
     def _decide_and_act(self, proc, *, step_failed: bool, exit_code: int | None) -> int | None:
-        findings = self.hang_findings + self.analyzer.all_findings()
+        self._start_probe()
+        self.health_faults = self._health_faults()
+        findings = self.hang_findings + self.analyzer.all_findings() + [
+            Finding(Anomaly.CRASH, h.component, Action.EXCLUDE_NODE_AND_REQUEUE, self.clock(),
+                    f"node health is BAD on {h.node}: {h.check}: {h.detail}", rule_id=f"health.{h.check}",
+                    nodes=(h.node,)) for h in self.health_faults]
         if exit_code is not None:
             extra = exit_finding(exit_code, self.clock())
             if extra is not None:
@@ -334,7 +375,8 @@ class Supervisor:
 
     def _record_decision(self, decision: Decision, *, step_failed: bool, findings: Sequence[Finding] = ()) -> None:
         now = self.wall()
-        blame = attribute(findings, step_failed=step_failed, rank_nodes=self.analyzer.rank_nodes,
+        blame = attribute([f for f in findings if not (f.rule_id or "").startswith("health.")],
+                          step_failed=step_failed, health=self.health_faults, rank_nodes=self.analyzer.rank_nodes,
                           allocation=self.job.nodes) if findings else None
         entry = {"verdict": decision.verdict.value, "reason": decision.reason, "exclude": list(decision.exclude),
                  "decided_at": now, "by": "supervisor", "dry_run": self.slurm.dry_run,
@@ -344,6 +386,8 @@ class Supervisor:
         def change(rec: JobRecord) -> None:
             a = self._current(rec)
             a.decision = entry
+            if self.health:
+                a.health = {n: h.to_dict() for n, h in sorted(self.health.items())}
             a.anomalies = [_finding_dict(f) for f in findings][:MAX_RECORDED_ANOMALIES]
             a.rank_nodes = {str(k): v for k, v in sorted(self.analyzer.rank_nodes.items())}
             if self._follower is not None:
@@ -413,6 +457,21 @@ class Supervisor:
                 rec.final = {"verdict": "STOP", "reason": decision.reason, "at": now, "attempt": self.attempt}
 
         self.store.update(self.job.job_id, change)
+
+
+def parse_probe_output(output: str) -> dict[str, NodeHealth]:
+    """``srun -l`` output of ``ajr probe --json`` on each node -> {node: NodeHealth}."""
+    found: dict[str, NodeHealth] = {}
+    for line in output.splitlines():
+        _, sep, text = line.partition(": ")
+        if not sep or not text.startswith("{"):
+            continue
+        try:
+            health = NodeHealth.from_dict(json.loads(text))
+        except (ValueError, KeyError, TypeError):
+            continue
+        found[health.node] = health
+    return found
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

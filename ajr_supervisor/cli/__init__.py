@@ -32,11 +32,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from ajr_supervisor.cli import analyze, drain, hooks, lab, run, status
+    from ajr_supervisor.cli import analyze, drain, hooks, lab, probe, run, status
 
     cli.add_command(run.run)
     cli.add_command(analyze.analyze)
     cli.add_command(drain.drain)
+    cli.add_command(probe.probe)
     cli.add_command(status.status)
     cli.add_command(lab.lab)
     for command in hooks.COMMANDS:

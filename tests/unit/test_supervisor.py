@@ -174,8 +174,9 @@ def env(tmp_path, rules):
                        answers=None, **config) -> tuple[Supervisor, FakeSlurm]:
             slurm = FakeSlurm(script, nodes, dry_run=dry_run, answers=answers)
             made.append(slurm)
+            # the node probe (srun --overlap ajr probe) has its own tests below
             config = {"settle_s": 0.2, "poll_interval_s": 0.05, "hang_timeout_s": 30.0, "stop_grace_s": 5.0,
-                      **config}
+                      "probe_on_anomaly": False, **config}
             job = JobContext(job_id=JOB, name="train", user="alice", partition="lab", work_dir=str(tmp_path),
                              nodes=tuple(nodes), restarts=restarts, comment='{"APS": {}}')
             sup = Supervisor(job, Config(**config), enrollment or Enrollment(), slurm=slurm, store=self.store,
@@ -566,3 +567,42 @@ def test_stack_dumps_from_interleaved_srun_output():
     dumps = parse_stack_dumps(out)
     assert dumps["0"] == 'Process 27644: python3 train.py\nThread 27644 (idle): "MainThread"\n    sleep_forever (train.py:160)'
     assert dumps["1"] == "Process 27642: python3 train.py\n    barrier (train.py:250)"
+
+
+PROBE_OUT = (
+    '0: {"node": "node1", "at": 1.0, "checks": [{"name": "memory", "state": "GOOD", "value": null, "detail": "ok"}]}\n'
+    '1: {"node": "node2", "at": 1.0, "checks": [{"name": "gpu0.ecc_uncorrected_volatile", "state": "BAD", '
+    '"value": null, "detail": "gpu0 (0000:3b:00.0): 2 uncorrectable ECC errors"}]}\n')
+
+
+def test_bad_health_from_the_probe_excludes_that_node_not_the_one_the_log_names(env):
+    """The log shows rank 0 (node1) failing vaguely; the probe finds node2's GPU bad: node2 goes."""
+    sup, slurm = env.supervisor(probe_on_anomaly=True, answers={("srun", "--overlap"): Completed(0, PROBE_OUT, "")})
+    rc, _ = run(sup, bash('if [ "$SLURM_PROCID" = 0 ]; then echo "RuntimeError: CUDA error: unknown error"; exit 1; fi; '
+                          'exec sleep 30'))
+    assert rc == EXIT_REQUEUED
+    probe = slurm.commands[0]
+    assert probe[:2] == ["srun", "--overlap"] and probe[-6:-3] == ["probe", "--json", "--since"]
+    assert ["scontrol", "update", f"JobId={JOB}", "ExcNodeList=node2"] in slurm.commands
+    [a] = env.record().attempts
+    assert a.decision["verdict"] == "EXCLUDE_AND_REQUEUE" and a.decision["exclude"] == ["node2"]
+    assert a.decision["attribution"]["component"] == "GPU" and a.decision["attribution"]["nodes"] == ["node2"]
+    assert sorted(a.health) == ["node1", "node2"]
+
+
+def test_unknown_health_blames_nobody(env):
+    out = '0: {"node": "node1", "at": 1.0, "checks": [{"name": "nvml", "state": "UNKNOWN", "value": null, "detail": "NVML call timed out"}]}\n'
+    sup, slurm = env.supervisor(probe_on_anomaly=True, answers={("srun", "--overlap"): Completed(0, out, "")})
+    rc, _ = run(sup, bash('echo "RuntimeError: CUDA error: unknown error"; exit 1'))
+    assert rc == EXIT_REQUEUED
+    assert not [c for c in slurm.commands if c[:2] == ["scontrol", "update"]]
+    [a] = env.record().attempts
+    assert a.decision["verdict"] == "REQUEUE" and a.decision["exclude"] == []
+
+
+def test_a_failed_probe_is_unknown_and_the_job_is_still_recovered(env):
+    sup, slurm = env.supervisor(probe_on_anomaly=True,
+                                answers={("srun", "--overlap"): Completed(1, "", "srun: error: Unable to create step")})
+    rc, _ = run(sup, bash('exit 3'))
+    assert rc == EXIT_REQUEUED
+    assert ["scontrol", "requeuehold", JOB] in slurm.commands
