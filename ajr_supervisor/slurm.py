@@ -202,7 +202,7 @@ class Slurm:
         """Run ``command`` once on each of ``nodes`` inside the job's allocation, beside the running
         step (``srun --overlap``, 35 ms to start on the lab), with rank-prefixed output."""
         argv = ["srun", "--overlap", f"--jobid={job_id}", f"--nodes={len(nodes)}", f"--ntasks={len(nodes)}",
-                "--ntasks-per-node=1", f"--nodelist={','.join(nodes)}", "-l", "-u", "--kill-on-bad-exit=0",
+                "--ntasks-per-node=1", f"--nodelist={','.join(nodes)}", "-l", "--kill-on-bad-exit=0",
                 *command]
         return self.run(argv, timeout_s=timeout_s, check=False, extra_env=extra_env)
 

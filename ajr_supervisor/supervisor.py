@@ -284,6 +284,9 @@ class Supervisor:
             self.info("node probe failed (%s): node health UNKNOWN", exc.one_line())
             return
         self.health = parse_probe_output(result.stdout)
+        if len(self.health) < len(self.job.nodes):
+            self.info("node probe answered for %d of %d nodes (exit %d): %s", len(self.health), len(self.job.nodes),
+                      result.returncode, " ".join((result.stderr or result.stdout).split())[:300])
         bad = [f"{n}: {c.name}" for n, h in sorted(self.health.items()) for c in h.bad]
         self.info("node health: %s", "; ".join(bad) if bad else
                   f"no BAD check on {len(self.health)} of {len(self.job.nodes)} nodes")
@@ -460,14 +463,20 @@ class Supervisor:
 
 
 def parse_probe_output(output: str) -> dict[str, NodeHealth]:
-    """``srun -l`` output of ``ajr probe --json`` on each node -> {node: NodeHealth}."""
-    found: dict[str, NodeHealth] = {}
+    """``srun -l`` output of ``ajr probe --json`` on each node -> {node: NodeHealth}.
+
+    Each task prints one JSON object, but srun labels every chunk it forwards, so a long line comes
+    back cut into several ``N: ...`` pieces: the pieces of each task are joined before parsing."""
+    pieces: dict[str, list[str]] = {}
     for line in output.splitlines():
-        _, sep, text = line.partition(": ")
-        if not sep or not text.startswith("{"):
-            continue
+        task, sep, text = line.partition(": ")
+        if sep and task.strip().isdigit():
+            pieces.setdefault(task.strip(), []).append(text)
+    found: dict[str, NodeHealth] = {}
+    for parts in pieces.values():
+        text = "".join(parts).strip()
         try:
-            health = NodeHealth.from_dict(json.loads(text))
+            health = NodeHealth.from_dict(json.loads(text[text.index("{"):]))
         except (ValueError, KeyError, TypeError):
             continue
         found[health.node] = health

@@ -380,3 +380,57 @@ def test_admin_mode_drains_behind_the_breaker_and_resumes_only_its_own(lab, run_
         lab.spec.ajr_conf.write_text("# fast_restart: true\n")
         for n in drained:
             slurm.resume(n)
+
+
+HEALTHY_GPU = {"pci": "0000:3b:00.0", "uuid": "GPU-11111111-2222-3333-4444-555555555555", "recovery_action": 0,
+               "ecc_uncorrected_volatile": 0, "ecc_uncorrected_aggregate": 0, "temperature": 45}
+
+
+def fake_nvml(job_dir: Path, **overrides) -> str:
+    """Healthy fake-NVML state for every lab node; returns the AJR_NVML_FAKE template (%n = node)."""
+    for i in range(1, 5):
+        (job_dir / f"nvml-node{i}.json").write_text(json.dumps({"gpus": [HEALTHY_GPU], **overrides}))
+    return str(job_dir / "nvml-%n.json")
+
+
+def test_bad_gpu_found_by_the_probe_is_excluded_not_the_node_that_logged(run_job, slurm, job_dir):
+    """Rank 0 fails with a vague CUDA error; meanwhile rank 1's GPU reports uncorrectable ECC errors
+    (fake NVML). The probe during the settle blames rank 1's node, and only that node is excluded."""
+    template = fake_nvml(job_dir)
+    bad_gpu = json.dumps({"gpus": [{**HEALTHY_GPU, "ecc_uncorrected_volatile": 2}]})
+    job_id = run_job(f"""
+        "$AJR" run -- bash -c '
+            if [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then
+                if [ "$SLURM_PROCID" = 1 ]; then echo '"'"'{bad_gpu}'"'"' > "$JOBDIR/nvml-$SLURMD_NODENAME.json"; sleep 30; fi
+                sleep 0.3; echo "RuntimeError: CUDA error: unknown error"; exit 1
+            fi
+            echo "attempt ${{SLURM_RESTART_COUNT}} fine on $SLURMD_NODENAME"'
+        """, env={"AJR_NVML_FAKE": template, "JOBDIR": str(job_dir)})
+    job = wait_for(lambda: (j := slurm.show_job(job_id)).restarts >= 1 and j.base_state in FINAL and j,
+                   90, "the requeued attempt to finish")
+    assert job.base_state == "COMPLETED"
+    first = state(job_dir, job_id).attempts[0]
+    rank0, rank1 = first.rank_nodes["0"], first.rank_nodes["1"]
+    assert first.decision["verdict"] == "EXCLUDE_AND_REQUEUE" and first.decision["exclude"] == [rank1]
+    blame = first.decision["attribution"]
+    assert blame["component"] == "GPU" and blame["nodes"] == [rank1] and rank0 not in blame["nodes"]
+    checks = {c["name"]: c["state"] for c in first.health[rank1]["checks"]}
+    assert checks["gpu0.ecc_uncorrected_volatile"] == "BAD"
+    assert {c["state"] for c in first.health[rank0]["checks"]} <= {"GOOD", "UNKNOWN"}
+    assert rank1 not in expand_hostlist(job.nodes) and job.exc_nodes == rank1
+
+
+def test_hung_nvml_is_unknown_and_blames_nobody(run_job, slurm, job_dir):
+    template = fake_nvml(job_dir, hang={"call": "nvmlDeviceGetTotalEccErrors", "seconds": 60})
+    job_id = run_job("""
+        "$AJR" run -- bash -c 'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then exit 3; fi; echo fine'
+        """, env={"AJR_NVML_FAKE": template}, config="nvml_timeout_s: 1\n")
+    job = wait_for(lambda: (j := slurm.show_job(job_id)).restarts >= 1 and j.base_state in FINAL and j,
+                   90, "the requeued attempt to finish")
+    assert job.base_state == "COMPLETED" and job.exc_nodes == ""
+    first = state(job_dir, job_id).attempts[0]
+    assert first.decision["verdict"] == "REQUEUE" and first.decision["exclude"] == []
+    for node, health in first.health.items():
+        states = {c["name"]: (c["state"], c["detail"]) for c in health["checks"]}
+        assert not [n for n, (s, _) in states.items() if s == "BAD"], (node, states)
+        assert any(s == "UNKNOWN" and "timed out" in d for s, d in states.values()), (node, states)

@@ -606,3 +606,15 @@ def test_a_failed_probe_is_unknown_and_the_job_is_still_recovered(env):
     rc, _ = run(sup, bash('exit 3'))
     assert rc == EXIT_REQUEUED
     assert ["scontrol", "requeuehold", JOB] in slurm.commands
+
+
+def test_probe_output_cut_into_chunks_by_srun_is_joined_per_task():
+    from ajr_supervisor.supervisor import parse_probe_output
+
+    line0 = '{"node": "node1", "at": 1.0, "checks": [{"name": "memory", "state": "GOOD", "value": null, "detail": "ok"}]}'
+    line1 = ('{"node": "node2", "at": 1.0, "checks": [{"name": "gpu0.ecc_uncorrected_volatile", "state": "BAD", '
+             '"value": null, "detail": "2 errors"}]}')
+    out = f"1: {line1[:40]}\n0: {line0[:30]}\n1: {line1[40:]}\n0: {line0[30:]}\n"
+    health = parse_probe_output(out)
+    assert sorted(health) == ["node1", "node2"]
+    assert [c.name for c in health["node2"].bad] == ["gpu0.ecc_uncorrected_volatile"]
