@@ -13,8 +13,12 @@ from ajr_supervisor.errors import UsageError
 @click.command("analyze")
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+@click.option("--kernel-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A node's kernel log (dmesg, journalctl -k): its Xids count as that node's health.")
+@click.option("--node", default="the-kernel-log-node", show_default=True,
+              help="The node the --kernel-log comes from.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def analyze(log: Path, as_json: bool, config_path: Path | None) -> None:
+def analyze(log: Path, as_json: bool, kernel_log: Path | None, node: str, config_path: Path | None) -> None:
     """What happened in LOG: the anomaly, the component, the nodes and ranks, what ajr would do, and why.
 
     LOG may be a unified log (`srun -l` rank prefixes, `[ajr] rank` marks) or a plain excerpt as people
@@ -34,7 +38,13 @@ def analyze(log: Path, as_json: bool, config_path: Path | None) -> None:
             raise UsageError(f"{log}: no such file", "give the path of a log file, or - for standard input") from None
         except OSError as exc:
             raise UsageError(f"{log}: cannot read it ({exc.strerror})") from None
-    result = analyze_lines(text.splitlines(), RuleSet.load(config.rules_files, config.checkpoint_patterns))
+    health = []
+    if kernel_log is not None:
+        from ajr_supervisor.analysis import xid_faults
+        from ajr_supervisor.health.xid import read_kernel_log
+
+        health = xid_faults(read_kernel_log(str(kernel_log)), node)
+    result = analyze_lines(text.splitlines(), RuleSet.load(config.rules_files, config.checkpoint_patterns), health)
     if as_json:
         click.echo(json.dumps(result.to_dict(), sort_keys=True))
         return

@@ -131,3 +131,22 @@ def test_cli_missing_file_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ajr_supervisor", "analyze", str(tmp_path / "nope.log")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("ajr: error: ") and proc.stderr.count("\n") == 1
+
+
+def test_kernel_log_xids_blame_their_node(tmp_path):
+    kernel = Path(__file__).resolve().parents[1] / "data" / "kernel" / "xid79_sxid_nvswitch.log"
+    proc = subprocess.run([sys.executable, "-m", "ajr_supervisor", "analyze", "--json", "--kernel-log", str(kernel),
+                           "--node", "node7", str(LOGS / "cuda_unknown_error.log")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["action"] == "EXCLUDE_NODE_AND_REQUEUE" and d["nodes"] == ["node7"]
+    assert any(e["rule"] == "health.xid:0000:91:00" and "Xid 79" in e["text"] for e in d["evidence"])
+
+
+def test_application_xid_blames_no_node(rules):
+    from ajr_supervisor.analysis import xid_faults
+    from ajr_supervisor.health.xid import parse_xid_line
+
+    event = parse_xid_line("NVRM: Xid (PCI:0000:3b:00): 13, pid=1234, name=python, Graphics Exception")
+    assert xid_faults([event], "node1") == []
