@@ -48,7 +48,8 @@ class PolicyInput:
 # Findings that say *that* something failed rather than *what*: any specific finding of the same
 # severity explains more (a CUDA error line beats the traceback that carries it, and both beat the
 # exit status).
-GENERIC_RULES = frozenset({"python_traceback", "srun.exit", "srun.task_exit", "srun.task_signal", None})
+GENERIC_RULES = frozenset({"python_traceback", "torch_elastic_child_failed", "srun.exit", "srun.task_exit",
+                           "srun.task_signal", None})
 
 
 def primary_finding(findings: Sequence[Finding], step_failed: bool) -> Finding | None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ajr_supervisor import rules as rules_module
 from ajr_supervisor.errors import UsageError
-from ajr_supervisor.rules import _ASCII_FOLD, DEFAULT_RULES, NodeScope, Rule, RuleError, RuleSet
+from ajr_supervisor.rules import (_ASCII_FOLD, _COMMON_LINES, DEFAULT_RULES, NodeScope, Rule, RuleError, RuleSet,
+                                  _hs_expression, hyperscan_available)
 from ajr_supervisor.types import Action, Anomaly, Component, Trigger
 
 LOGS = Path(__file__).parent.parent / "data" / "logs"
@@ -332,3 +335,290 @@ def test_match_all_equals_searching_every_pattern(pieces):
 def test_non_ascii_spellings_that_ignorecase_accepts_still_match():
     assert DEFAULT.match("SEGMENTATİON FAULT").rule_id == "segfault"
     assert DEFAULT.match("ſigſegv").rule_id == "segfault"
+
+
+# ---------------------------------------------------------------- the rules added for the corpus
+
+NEW_RULES = {
+    "gpu_xid_fatal": ("CRASH", "GPU", "EXCLUDE_NODE_AND_REQUEUE", "immediate"),
+    "gpu_lost": ("CRASH", "GPU", "EXCLUDE_NODE_AND_REQUEUE", "immediate"),
+    "gpu_xid": ("CRASH", "GPU", "REQUEUE", "at_exit"),
+    "nccl_ib_async_event": ("CRASH", "NETWORK", "EXCLUDE_NODE_AND_REQUEUE", "immediate"),
+    "ib_transport_retry_exceeded": ("CRASH", "NETWORK", "REQUEUE", "immediate"),
+    "slurm_cgroup_oom": ("CRASH", "NODE_MEMORY", "STOP", "at_exit"),
+    "host_oom_killer": ("CRASH", "NODE_MEMORY", "REQUEUE", "at_exit"),
+    "shm_bus_error": ("CRASH", "NODE_MEMORY", "REQUEUE", "immediate"),
+    "shm_exhausted": ("CRASH", "NODE_MEMORY", "REQUEUE", "at_exit"),
+    "dataloader_worker_killed": ("CRASH", "NODE_MEMORY", "REQUEUE", "at_exit"),
+    "storage_io_error": ("CRASH", "STORAGE", "REQUEUE", "at_exit"),
+    "storage_stale_handle": ("CRASH", "STORAGE", "REQUEUE", "at_exit"),
+    "storage_no_space": ("CRASH", "STORAGE", "STOP", "at_exit"),
+    "storage_quota_exceeded": ("CRASH", "STORAGE", "STOP", "at_exit"),
+    "lustre_error": ("CRASH", "STORAGE", "REQUEUE", "at_exit"),
+    "gpfs_error": ("CRASH", "STORAGE", "REQUEUE", "at_exit"),
+    "torch_elastic_child_failed": ("CRASH", "APPLICATION", "REQUEUE", "at_exit"),
+    "nan_grad_norm": ("CRASH", "APPLICATION", "REQUEUE", "at_exit"),
+    "lightning_misconfiguration": ("CRASH", "APPLICATION", "STOP", "at_exit"),
+}
+
+
+@pytest.mark.parametrize("rule_id", NEW_RULES)
+def test_the_added_rules_classify_as_designed(rule_id):
+    anomaly, component, action, trigger = NEW_RULES[rule_id]
+    rule = DEFAULT.get(rule_id)
+    assert (rule.anomaly, rule.component, rule.action, rule.trigger) == (
+        Anomaly(anomaly), Component(component), Action(action), Trigger(trigger))
+    assert rule.node_scope is NodeScope.RANK
+
+
+def test_wrappers_and_errno_lines_yield_to_specific_rules():
+    assert DEFAULT.get("torch_elastic_child_failed").priority < min(
+        r.priority for r in DEFAULT.rules if r.id not in {"python_traceback", "torch_elastic_child_failed"}
+        and r.priority >= 0)
+    errno_rules = ["storage_io_error", "storage_stale_handle", "storage_no_space", "storage_quota_exceeded"]
+    assert all(DEFAULT.get(r).priority < 0 for r in errno_rules)
+
+
+@pytest.mark.parametrize("line, winner, loser", [
+    ("mt-l-x86:202016:202235 [0] misc/shmutils.cc:132 NCCL WARN Error while creating shared memory segment "
+     "/dev/shm/nccl-WU88OE (size 9637888), error: No space left on device (28)", "shm_exhausted", "storage_no_space"),
+    ("May 15 23:09:27 host kernel: [  514.682838] Memory cgroup out of memory: Killed process 15617 (python3) "
+     "total-vm:11892kB", "slurm_cgroup_oom", "host_oom_killer"),
+    ("RuntimeError: DataLoader worker (pid 3216) is killed by signal: Bus error. It is possible that dataloader's "
+     "workers are out of shared memory.", "shm_bus_error", None),
+    ("NVRM: Xid (PCI:0000:44:00): 79, GPU has fallen off the bus", "gpu_xid_fatal", "gpu_xid"),
+    ("kernel: NVRM: Xid (PCI:0000:dc:00): 45, pid=1818990, name=python3, Ch 00000001 caused by previous Xid 149",
+     "gpu_xid", None),
+    ("RuntimeError: DataLoader worker (pid 19597) is killed by signal: Killed.", "dataloader_worker_killed", None),
+    ("OSError: [Errno 28] No space left on device", "storage_no_space", None),
+])
+def test_priorities_pick_the_specific_rule_among_the_added(line, winner, loser):
+    ranked = [m.rule_id for m in DEFAULT.match_all(line)]
+    assert ranked[0] == winner
+    if loser:
+        assert loser in ranked[1:]
+
+
+@pytest.mark.parametrize("line", [
+    "Trainer was signaled to stop but required minimum epochs (100) or minimum steps (None) has not been met.",
+    "node001:12345:23456 [0] NCCL INFO NET/IB : Using [0]mlx5_0:1/IB ; OOB ib0:10.0.0.1<0>",
+    "NET/IB : Got async event : port active",
+    " iteration 10/ 100 | lm loss: 2.5E+00 | number of skipped iterations:   0 | number of nan iterations:   0 |",
+    "srun: error: sdumont6156: task 0: Out Of Memory",  # srun's own line: detect/srun.py reads it
+    "[NeMo I 2023-04-19 21:40:27 indexed_dataset:454]     reading sizes...",
+])
+def test_more_harmless_lines_match_nothing(line):
+    assert DEFAULT.match(line) is None
+
+
+# ---------------------------------------------------------------- the corpus and its labels
+
+def test_the_corpus_has_at_least_40_excerpts_and_one_for_every_added_rule():
+    assert len(LOG_FILES) >= 40
+    expected = {read_log(p)[0]["expect"] for p in LOG_FILES}
+    assert set(NEW_RULES) <= expected
+    assert sum(read_log(p)[0]["expect"] == "NONE" for p in LOG_FILES) >= 8
+
+
+def read_labels() -> list[dict[str, str]]:
+    lines = (LOGS / "LABELS.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    assert header == ["file", "anomaly", "component", "action", "node", "rank", "rule"]
+    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+def test_labels_list_every_excerpt_once_and_agree_with_the_rules():
+    labels = read_labels()
+    assert sorted(row["file"] for row in labels) == [p.name for p in LOG_FILES]
+    for row in labels:
+        header, _ = read_log(LOGS / row["file"])
+        assert row["rule"] == header["expect"], row
+        assert row["node"] == "-" or re.fullmatch(r"[\w.-]+", row["node"]), row
+        assert row["rank"] == "-" or row["rank"].isdigit(), row
+        if row["rule"] == "NONE":
+            assert (row["anomaly"], row["component"], row["action"]) == ("-", "-", "NONE"), row
+        else:
+            rule = DEFAULT.get(row["rule"])
+            assert (row["anomaly"], row["component"], row["action"]) == (
+                rule.anomaly.value, rule.component.value, rule.action.value), row
+    actions = {row["action"] for row in labels}
+    assert {"NONE", "REQUEUE", "EXCLUDE_NODE_AND_REQUEUE", "STOP"} <= actions
+    assert any(row["node"] != "-" for row in labels if row["action"] == "EXCLUDE_NODE_AND_REQUEUE")
+
+
+# ---------------------------------------------------------------- engines: same answers, found faster
+
+_ENGINE_CACHE: dict[str, RuleSet] = {}
+
+
+def engine_rules(engine: str) -> RuleSet:
+    """The default rules on ``engine`` (the hyperscan tests are skipped where it is not installed)."""
+    if engine == "hyperscan":
+        pytest.importorskip("hyperscan")
+    if engine not in _ENGINE_CACHE:
+        _ENGINE_CACHE[engine] = RuleSet.load(engine=engine)
+    return _ENGINE_CACHE[engine]
+
+
+ENGINES = ["python", "hyperscan"]
+
+
+def test_engine_selection(monkeypatch):
+    assert RuleSet.load(engine="python").engine == "python"
+    assert DEFAULT.engine == ("hyperscan" if hyperscan_available() else "python")
+    with pytest.raises(RuleError) as info:
+        RuleSet.load(engine="grep")
+    assert info.value.one_line() == "unknown matching engine 'grep'; use one of auto, hyperscan, python"
+    monkeypatch.setattr(rules_module, "_hs", None)
+    assert not hyperscan_available() and RuleSet.load().engine == "python"
+    with pytest.raises(RuleError) as info:
+        RuleSet.load(engine="hyperscan")
+    assert "pip install hyperscan" in info.value.one_line()
+
+
+def test_every_default_pattern_goes_into_the_hyperscan_database():
+    rules = engine_rules("hyperscan")
+    for rule in rules.rules:
+        for pattern in rule.patterns:
+            assert _hs_expression(pattern)
+    assert rules.match("Segmentation fault (core dumped)").rule_id == "segfault"
+    assert rules._matcher._rest_owner == []  # nothing was left to the python engine
+
+
+def expected_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, best rule) for every line of ``text`` that a rule matches, by brute force."""
+    found = []
+    for number, line in enumerate(text.split("\n"), 1):
+        ranked = brute_force(DEFAULT, line)
+        if ranked:
+            found.append((number, ranked[0]))
+    return found
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("path", LOG_FILES, ids=lambda p: p.name)
+def test_both_engines_give_the_same_matches_on_every_excerpt(engine, path):
+    rules = engine_rules(engine)
+    text = path.read_text()
+    expected = expected_lines(text)
+    assert [(n, m.rule_id) for n, m in rules.scan_text(text)] == expected
+    assert [(n, m.rule_id) for n, m in rules.scan_text(text.encode())] == expected
+    _, lines = read_log(path)
+    for line in lines:
+        assert [m.rule_id for m in rules.match_all(line)] == brute_force(DEFAULT, line), line
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_files_are_scanned_in_blocks_across_line_boundaries(engine, tmp_path):
+    rules = engine_rules(engine)
+    text = "".join(p.read_text() for p in LOG_FILES) + "tail without a newline: SIGSEGV"
+    path = tmp_path / "train.log"
+    path.write_bytes(text.encode())
+    expected = [(n, m) for n, m in enumerate((rules.match(line) for line in text.split("\n")), 1) if m]
+    for block_size in (5, 97, 4096, 1 << 20):
+        assert list(rules.scan_file(path, block_size)) == expected
+        assert rules.count_matching_lines(path, block_size) == len(expected)
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    assert list(rules.scan_file(empty)) == [] and rules.count_matching_lines(empty) == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_scan_text_splits_at_newlines_only(engine):
+    rules = engine_rules(engine)
+    text = "ok\r\nSegmentation fault\r\n\n\x0bCUDA error: x\u2028NCCL error\nSIGSEGV"
+    assert [(n, m.rule_id) for n, m in rules.scan_text(text)] == [(2, "segfault"), (4, "nccl_error"), (5, "segfault")]
+    bad = b"\xff\xfeSIGSEGV\n\xc3(ok\nNCCL error \xe2\x82\n"
+    assert [(n, m.rule_id) for n, m in rules.scan_text(bad)] == [(1, "segfault"), (3, "nccl_error")]
+
+
+PIECES = FRAGMENTS + ["\n", "\r", "\u2588", "\udc80", "é", "É", "\x1c", "\t"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=6)), max_size=16))
+def test_block_scanning_equals_line_by_line_matching(pieces):
+    text = "".join(pieces)
+    expected = expected_lines(text)
+    for engine in ENGINES:
+        if engine == "hyperscan" and not hyperscan_available():
+            continue
+        rules = engine_rules(engine)
+        assert [(n, m.rule_id) for n, m in rules.scan_text(text)] == expected
+        lines = text.split("\n")
+        assert [[m.rule_id for m in rules.match_all(line)] for line in lines] == [
+            brute_force(DEFAULT, line) for line in lines]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from([p.encode("utf-8", "surrogatepass") for p in PIECES]),
+                          st.binary(max_size=4)), max_size=16))
+def test_bytes_are_decoded_per_line_with_replacement(chunks):
+    data = b"".join(chunks)
+    expected = expected_lines(data.decode("utf-8", "replace"))
+    for engine in ENGINES:
+        if engine == "hyperscan" and not hyperscan_available():
+            continue
+        assert [(n, m.rule_id) for n, m in engine_rules(engine).scan_text(data)] == expected
+
+
+def test_hyperscan_engine_is_safe_from_several_threads():
+    rules = engine_rules("hyperscan")
+    text = "\n".join(p.read_text() for p in LOG_FILES)
+    expected = rules.scan_text(text)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: (rules.scan_text(text), rules.match("SIGSEGV")), range(16)))
+    assert all(found == expected and match.rule_id == "segfault" for found, match in results)
+
+
+# Constructs hyperscan lacks or spells differently: each must still give exactly what re gives.
+ODD_PATTERNS = [r"(?<!no )error\b", r"\bfoo(?=bar)", r"^start", r"end$", r"\Aabc", r"xyz\Z", r"caf[ée]",
+                r"[^\s\d]{3}\d", r"a.b", r"(?>ab|a)c", r"x++y", r"\w+@\w+", r"ſ\w", "[\u212a]elvin",
+                r"(?:colou?r|hue)s?", r"(a)?(?(1)b|c)d", r"\d{3}x?", r"a{1,100000}b", r"[^x]yz", r"(?s:q.r)",
+                r"(?-i:CaSe)", r"\bİ", r"é+t", r"\S+\s\S", r"(?m:^m$)"]
+ODD_PIECES = ["error", "no ", "foo", "bar", "start", "end", "abc", "xyz", "caf", "é", "É", "E", " ", "1", "ab",
+              "c", "x", "y", "@", "ſ", "K", "k", "elvin", "colour", "hue", "s", "a", "b", "d", "123", "\n",
+              "q", "r", "CaSe", "case", "İ", "i", "t", "\t", "\x1c", "m", "\u2588"]
+
+
+def odd_rules(engine: str) -> RuleSet:
+    if engine == "hyperscan":
+        pytest.importorskip("hyperscan")
+    key = f"odd-{engine}"
+    if key not in _ENGINE_CACHE:
+        _ENGINE_CACHE[key] = RuleSet([Rule(f"odd{i}", "odd", (p,), Anomaly.CRASH, Component.UNKNOWN,
+                                           Action.REQUEUE, Trigger.AT_EXIT) for i, p in enumerate(ODD_PATTERNS)],
+                                     engine=engine)
+    return _ENGINE_CACHE[key]
+
+
+def test_patterns_hyperscan_cannot_take_fall_back_to_re():
+    rules = odd_rules("hyperscan")
+    rules.match("")
+    assert "a{1,100000}b" in [ODD_PATTERNS[i] for i in rules._matcher._rest_owner]
+    assert "odd17" in [m.rule_id for m in rules.match_all("xaab")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(ODD_PIECES), st.text(max_size=3)), max_size=14))
+def test_odd_patterns_match_exactly_as_re_on_both_engines(pieces):
+    text = "".join(pieces)
+    for engine in ENGINES:
+        if engine == "hyperscan" and not hyperscan_available():
+            continue
+        rules = odd_rules(engine)
+        lines = text.split("\n")
+        assert [[m.rule_id for m in rules.match_all(line)] for line in lines] == [
+            brute_force(rules, line) for line in lines]
+        assert [(n, m.rule_id) for n, m in rules.scan_text(text)] == [
+            (n, brute_force(rules, line)[0]) for n, line in enumerate(lines, 1) if brute_force(rules, line)]
+
+
+def test_python_anchors_cover_every_literal_and_avoid_common_lines():
+    rules = engine_rules("python")
+    literals = rules._matcher._by_literal
+    anchors = [a.decode() for a in rules._matcher.anchors]
+    assert len(anchors) < len(literals) / 2
+    assert all(any(a in literal for a in anchors) for literal in literals)
+    common = _COMMON_LINES.lower()
+    assert all(a not in common or a in literals for a in anchors)
