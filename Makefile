@@ -43,6 +43,8 @@ cluster: deps
 	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
 bench: deps
+	$(BIN)/python benchmarks/attribution.py
+	$(BIN)/python benchmarks/matcher.py
 	$(BIN)/python benchmarks/recovery.py
 
 demo: deps

@@ -20,7 +20,7 @@ def analyze_lines(lines: Iterable[str], rules: RuleSet, health: Sequence[HealthF
         analyzer.feed(LogLine(offset=number, text=text, rank=rank, time=float(number)))
     findings = analyzer.all_findings()
     return attribute(findings, step_failed=bool(findings) or bool(health), health=health,
-                     rank_nodes=analyzer.rank_nodes)
+                     rank_nodes=analyzer.rank_nodes, require_node=False)
 
 
 def xid_faults(events: Iterable, node: str) -> list[HealthFault]:

@@ -4,7 +4,8 @@ The order of evidence, strongest first:
 
 1. **A node's own health says BAD** (NVML, kernel Xid, host checks): that node is to blame, its
    component is the failing check's, and it is excluded. Health UNKNOWN never blames anybody.
-2. **A deterministic application error** (a STOP rule): the application, no node.
+2. **A deterministic error** (a STOP rule: a code bug, the job's own memory limit, a full disk): no
+   node is blamed; the component is the rule's.
 3. **The most severe log finding**; its node comes from the rank prefix of the line (``[ajr]`` rank
    marks map ranks to nodes). A finding that names no node of the allocation excludes nobody.
 4. **An NCCL (collective) timeout is never a root cause on its own.** Every rank that waited reports
@@ -64,8 +65,11 @@ def _evidence(f: Finding) -> dict:
 
 def attribute(findings: Sequence[Finding], *, step_failed: bool = True,
               health: Sequence[HealthFault] = (), rank_nodes: Mapping[int, str] | None = None,
-              allocation: Sequence[str] = ()) -> Attribution:
-    """Blame a component and nodes for what went wrong (see the module docstring)."""
+              allocation: Sequence[str] = (), require_node: bool = True) -> Attribution:
+    """Blame a component and nodes for what went wrong (see the module docstring).
+
+    ``require_node``: an exclusion needs a node to exclude (live decisions). Offline (`ajr analyze`
+    on an excerpt) the rule's action is reported even when the excerpt does not say which node."""
     rank_nodes = dict(rank_nodes or {})
     in_alloc = (lambda n: n in set(allocation)) if allocation else (lambda n: True)
     faults = [h for h in health if in_alloc(h.node)]
@@ -74,8 +78,8 @@ def attribute(findings: Sequence[Finding], *, step_failed: bool = True,
         return NONE
 
     if primary is not None and primary.action == Action.STOP:
-        return Attribution(primary.anomaly, Component.APPLICATION, Action.STOP, (), _ranks([primary]), 0.9,
-                           f"deterministic application error: {primary.reason}", (_evidence(primary),))
+        return Attribution(primary.anomaly, primary.component, Action.STOP, (), _ranks([primary]), 0.9,
+                           f"deterministic error, no node to blame: {primary.reason}", (_evidence(primary),))
 
     if faults:
         bad_nodes = tuple(sorted({h.node for h in faults}))
@@ -96,7 +100,7 @@ def attribute(findings: Sequence[Finding], *, step_failed: bool = True,
 
     nodes = tuple(n for n in primary.nodes if in_alloc(n))
     action = primary.action
-    if action == Action.EXCLUDE_NODE_AND_REQUEUE and not nodes:
+    if action == Action.EXCLUDE_NODE_AND_REQUEUE and not nodes and require_node:
         action = Action.REQUEUE
     if primary.rule_id in ("srun.exit", None) and not primary.line:
         confidence = 0.3 if primary.anomaly == Anomaly.HANG else 0.4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Mapping
 
 from ajr_supervisor.detect.srun import Cancelled, NodeFailure, SrunEvent, TaskEnd
@@ -14,9 +15,17 @@ PROGRAM_SIGNALS = frozenset({"Segmentation fault", "Aborted", "Floating point ex
 COMMAND_NOT_RUNNABLE = {126: "command not executable", 127: "command not found"}
 
 
+# NCCL and torch prefix their lines with the host: "node48:1234:5678 [0] NCCL WARN ..."
+HOST_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9._-]*):\d+:\d+ \[\d+\] ")
+
+
 def line_finding(line: LogLine, match: RuleMatch, rank_nodes: Mapping[int, str]) -> Finding:
-    """A rule matched ``line``: the finding, with the node its rank runs on when known."""
+    """A rule matched ``line``: the finding, with the node its rank runs on when known (the [ajr]
+    rank marks), else the host the line itself names (NCCL's ``host:pid:tid [dev]`` prefix)."""
     node = rank_nodes.get(line.rank) if line.rank is not None else None
+    if node is None:
+        m = HOST_PREFIX.match(line.text)
+        node = m.group(1).split(".")[0] if m else None
     prefix = f"{line.rank}: " if line.rank is not None else ""
     return Finding(anomaly=match.anomaly, component=match.component, action=match.action,
                    time=line.time, reason=match.description, rule_id=match.rule_id,
