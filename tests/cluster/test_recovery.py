@@ -175,6 +175,7 @@ def test_deterministic_error_stops_after_one_attempt(run_job, slurm, job_dir):
     [only] = rec.attempts
     assert only.decision["verdict"] == "STOP"
     assert only.decision["finding"]["rule_id"] == "python_import_error"
+    assert only.decision["attribution"]["nodes"] == [] and only.decision["exclude"] == []   # no node blamed
     assert rec.final["verdict"] == "STOP"
     assert "ajr exit 79" in read(job_dir / "batch.out")
 
@@ -393,9 +394,21 @@ def fake_nvml(job_dir: Path, **overrides) -> str:
     return str(job_dir / "nvml-%n.json")
 
 
-def test_bad_gpu_found_by_the_probe_is_excluded_not_the_node_that_logged(run_job, slurm, job_dir):
+def test_bad_gpu_found_by_the_probe_is_excluded_not_the_node_that_logged(lab, run_job, slurm, job_dir):
     """Rank 0 fails with a vague CUDA error; meanwhile rank 1's GPU reports uncorrectable ECC errors
-    (fake NVML). The probe during the settle blames rank 1's node, and only that node is excluded."""
+    (fake NVML). The probe during the settle blames rank 1's node, and only that node is excluded;
+    in admin mode EpilogSlurmctld drains it with the GPU evidence as the reason."""
+    lab.spec.ajr_conf.write_text(f"drain: true\ndrain_ledger: {job_dir / 'drains.json'}\n")
+    try:
+        _bad_gpu_case(run_job, slurm, job_dir)
+    finally:
+        lab.spec.ajr_conf.write_text("# fast_restart: true\n")
+        for n in slurm.show_nodes():
+            if "DRAIN" in n.flags and n.reason.startswith("ajr:"):
+                slurm.resume(n.name)
+
+
+def _bad_gpu_case(run_job, slurm, job_dir):
     template = fake_nvml(job_dir)
     bad_gpu = json.dumps({"gpus": [{**HEALTHY_GPU, "ecc_uncorrected_volatile": 2}]})
     job_id = run_job(f"""
@@ -418,6 +431,9 @@ def test_bad_gpu_found_by_the_probe_is_excluded_not_the_node_that_logged(run_job
     assert checks["gpu0.ecc_uncorrected_volatile"] == "BAD"
     assert {c["state"] for c in first.health[rank0]["checks"]} <= {"GOOD", "UNKNOWN"}
     assert rank1 not in expand_hostlist(job.nodes) and job.exc_nodes == rank1
+    node = wait_for(lambda: next((n for n in slurm.show_nodes(rank1) if "DRAIN" in n.flags), None), 20,
+                    f"{rank1} to be drained")
+    assert node.reason.startswith(f"ajr: GPU: node health is BAD on {rank1} (gpu0.ecc_uncorrected_volatile: ")
 
 
 def test_hung_nvml_is_unknown_and_blames_nobody(run_job, slurm, job_dir):
