@@ -60,6 +60,7 @@ class Config:
     probe_timeout_s: float = 20.0        # the whole srun --overlap probe of all nodes
     nvml_timeout_s: float = 5.0          # each NVML call (a wedged driver hangs NVML)
     kernel_log: str | None = None        # Xid/OOM source: None = journalctl -k; "dmesg"; or a file (%n = node name)
+    hook_probe: bool = False             # the node Prolog and Epilog also probe the node and log its health
     # Admin mode (EpilogSlurmctld, as SlurmUser): drain the nodes ajr excludes, behind a breaker.
     drain: bool = False
     drain_max_per_hour: int = 2          # at most this many drains by ajr in any hour, cluster-wide
@@ -112,6 +113,7 @@ _SPECS: dict[str, _Spec] = {
     "probe_timeout_s": _Spec("float", 0, True, "20"),
     "nvml_timeout_s": _Spec("float", 0, True, "5"),
     "kernel_log": _Spec("path"),
+    "hook_probe": _Spec("bool"),
     "drain": _Spec("bool"),
     "drain_max_per_hour": _Spec("int", 0, example="2"),
     "drain_max_fraction": _Spec("float", 0, True, "0.1"),

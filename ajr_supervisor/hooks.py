@@ -59,6 +59,29 @@ def note(context: str, env: Mapping[str, str], text: str) -> None:
 
 def run_hook(context: str, env: Mapping[str, str], now: float | None = None) -> None:
     note(context, env, hook_line(context, env, time.time() if now is None else now))
+    if context in ("prolog", "node-epilog"):
+        try:
+            health_line = _hook_probe(env)
+        except Exception as exc:  # a hook never fails
+            health_line = f"ajr {context}: probe failed: {exc!r}"
+        if health_line:
+            note(context, env, health_line)
+
+
+def _hook_probe(env: Mapping[str, str]) -> str:
+    """With ``hook_probe: true``: this node's health in one line (never a reason to fail the hook)."""
+    from ajr_supervisor.config import load_config
+
+    config = load_config(env=env)
+    if not config.hook_probe:
+        return ""
+    from ajr_supervisor.health.probe import probe_node
+
+    health = probe_node(kernel_log=config.kernel_log, nvml_timeout_s=config.nvml_timeout_s, env=env)
+    bad = "; ".join(f"{c.name}: {c.detail}" for c in health.bad)
+    unknown = ",".join(c.name for c in health.unknown)
+    return (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} ajr health {health.node} {health.state.value}"
+            + (f" BAD {bad}" if bad else "") + (f" UNKNOWN {unknown}" if unknown else ""))
 
 
 # ----------------------------------------------------------------------------------------------
