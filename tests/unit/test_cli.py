@@ -85,3 +85,18 @@ def test_broken_pipe_is_quiet():
     proc = subprocess.run(f"{sys.executable} -m ajr_supervisor --help | head -c 1", shell=True,
                           capture_output=True, text=True, timeout=60)
     assert "Traceback" not in proc.stderr
+
+
+def test_run_outside_slurm_is_one_line():
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"}
+    proc = subprocess.run([sys.executable, "-m", "ajr_supervisor", "run", "--", "true"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("ajr: error: not inside a Slurm job (SLURM_JOB_ID is not set); call `ajr run` "
+                                   "from an sbatch script, in place of `srun -l -u`")
+
+
+def test_run_needs_a_command_after_the_srun_options():
+    proc = run_ajr("run", "-N2", env={"SLURM_JOB_ID": "1"})
+    assert proc.returncode == 2 and "put -- before the training command" in proc.stderr
+    assert proc.stderr.count("\n") == 1
