@@ -298,12 +298,7 @@ class Supervisor:
                 for node, h in sorted(self.health.items()) if node in self.job.nodes for c in h.bad]
 
     def _decide_and_act(self, proc, *, step_failed: bool, exit_code: int | None) -> int | None:
-        self._start_probe()
-        self.health_faults = self._health_faults()
-        findings = self.hang_findings + self.analyzer.all_findings() + [
-            Finding(Anomaly.CRASH, h.component, Action.EXCLUDE_NODE_AND_REQUEUE, self.clock(),
-                    f"node health is BAD on {h.node}: {h.check}: {h.detail}", rule_id=f"health.{h.check}",
-                    nodes=(h.node,)) for h in self.health_faults]
+        findings = self.hang_findings + self.analyzer.all_findings()
         if exit_code is not None:
             extra = exit_finding(exit_code, self.clock())
             if extra is not None:
@@ -312,6 +307,12 @@ class Supervisor:
         external = ""
         if cancelled and exit_code is not None and not [f for f in findings if f.trigger == Trigger.IMMEDIATE]:
             external = f"cancelled{' due to ' + cancelled.why.lower() if cancelled.why else ''}"
+        if not external:   # ended by Slurm or the user: nothing to attribute, no probe
+            self._start_probe()
+            self.health_faults = self._health_faults()
+            findings += [Finding(Anomaly.CRASH, h.component, Action.EXCLUDE_NODE_AND_REQUEUE, self.clock(),
+                                 f"node health is BAD on {h.node}: {h.check}: {h.detail}",
+                                 rule_id=f"health.{h.check}", nodes=(h.node,)) for h in self.health_faults]
         record = self.store.load(self.job.job_id) or JobRecord(job_id=self.job.job_id)
         previous = [PastAttempt(failed=a.failed, new_checkpoint=bool(a.checkpoints))
                     for a in record.attempts if a.attempt < self.attempt]
