@@ -150,12 +150,13 @@ class Lab:
         if self.spec.spec_file.exists():
             recorded = Lab.load(self.spec.root)
             if recorded.is_up():
-                differs = [f.name for f in fields(LabSpec) if f.name != "python"
-                           and getattr(recorded.spec, f.name) != getattr(self.spec, f.name)]
+                differs = [f.name for f in fields(LabSpec)
+                           if getattr(recorded.spec, f.name) != getattr(self.spec, f.name)]
                 if not differs:
                     return 0.0
-                shown = ", ".join(f"{k}={getattr(recorded.spec, k)}" for k in differs)
-                raise LabError(f"a different lab is up at {self.spec.root} ({shown})", "run `ajr lab down` first")
+                if differs != ["python"]:   # another interpreter only: restart, so the hooks run this one
+                    shown = ", ".join(f"{k}={getattr(recorded.spec, k)}" for k in differs)
+                    raise LabError(f"a different lab is up at {self.spec.root} ({shown})", "run `ajr lab down` first")
             recorded.cleanup()
         self.cleanup()
         t0 = time.monotonic()
