@@ -147,8 +147,7 @@ class LabSpec:
 
 
 def render_slurm_conf(spec: LabSpec) -> str:
-    """The lab's slurm.conf. Each key's reason is in ../shared/slurm-lab.md and docs/lab.md."""
-    r = spec.root
+    """The lab's slurm.conf. Each key's reason is in the comments here and in docs/design.md ("The lab")."""
     lines = [
         "# Written by `ajr lab up`; regenerated on every fresh start. Do not edit.",
         f"ClusterName={spec.name}",

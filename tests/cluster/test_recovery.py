@@ -348,7 +348,7 @@ def test_admin_mode_drains_behind_the_breaker_and_resumes_only_its_own(lab, run_
     drained = []
     try:
         first = run_job(body)
-        job = wait_for(lambda: (j := slurm.show_job(first)).restarts >= 1 and j.base_state in FINAL and j,
+        wait_for(lambda: (j := slurm.show_job(first)).restarts >= 1 and j.base_state in FINAL and j,
                        90, "the first job to finish")
         bad = state(job_dir, first).attempts[0].decision["exclude"][0]
         node = wait_for(lambda: next((n for n in slurm.show_nodes(bad) if "DRAIN" in n.flags), None), 20,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from ajr_supervisor.report import render_timeline
 from ajr_supervisor.state import Attempt, JobRecord

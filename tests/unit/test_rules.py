@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from ajr_supervisor import rules as rules_module
 from ajr_supervisor.errors import UsageError
-from ajr_supervisor.rules import (_ASCII_FOLD, _COMMON_LINES, DEFAULT_RULES, NodeScope, Rule, RuleError, RuleSet,
-                                  _hs_expression, hyperscan_available)
+from ajr_supervisor.matching import _ASCII_FOLD, _COMMON_LINES, _hs_expression
+from ajr_supervisor.rules import DEFAULT_RULES, NodeScope, Rule, RuleError, RuleSet, hyperscan_available
 from ajr_supervisor.types import Action, Anomaly, Component, Trigger
 
 LOGS = Path(__file__).parent.parent / "data" / "logs"
