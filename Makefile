@@ -44,6 +44,8 @@ cluster: deps
 
 bench: deps
 	$(BIN)/python benchmarks/attribution.py
+	$(BIN)/python benchmarks/detectors.py
+	$(BIN)/python benchmarks/telemetry.py
 	$(BIN)/python benchmarks/matcher.py
 	$(BIN)/python benchmarks/recovery.py
 
