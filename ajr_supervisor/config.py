@@ -61,6 +61,11 @@ class Config:
     nvml_timeout_s: float = 5.0          # each NVML call (a wedged driver hangs NVML)
     kernel_log: str | None = None        # Xid/OOM source: None = journalctl -k; "dmesg"; or a file (%n = node name)
     hook_probe: bool = False             # the node Prolog and Epilog also probe the node and log its health
+    # Throughput: a node persistently slower than its peers (per-rank step times) is a straggler;
+    # "report" records it, "exclude" excludes the node and requeues. A whole-job drop is reported.
+    straggler_action: str = "report"
+    perf_drop_frac: float = 0.10         # throughput below the job's own baseline by this share...
+    perf_drop_duration_s: float = 600.0  # ...for this long is a performance drop (reported)
     # Admin mode (EpilogSlurmctld, as SlurmUser): drain the nodes ajr excludes, behind a breaker.
     drain: bool = False
     drain_max_per_hour: int = 2          # at most this many drains by ajr in any hour, cluster-wide
@@ -86,8 +91,11 @@ class Config:
         return Path(self.state_dir) if self.state_dir else Path(work_dir) / ".ajr"
 
 
+CHOICES = {"straggler_action": ("report", "exclude")}
+
+
 class _Spec(NamedTuple):
-    kind: str            # "int", "float", "bool", "path", "list"
+    kind: str            # "int", "float", "bool", "path", "list", "choice" (one of CHOICES[name])
     minimum: float = 0   # ints and floats: the smallest allowed value
     strict: bool = False  # floats: the minimum itself is not allowed
     example: str = ""
@@ -114,6 +122,9 @@ _SPECS: dict[str, _Spec] = {
     "nvml_timeout_s": _Spec("float", 0, True, "5"),
     "kernel_log": _Spec("path"),
     "hook_probe": _Spec("bool"),
+    "straggler_action": _Spec("choice", example="report"),
+    "perf_drop_frac": _Spec("float", 0, True, "0.1"),
+    "perf_drop_duration_s": _Spec("float", 0, True, "600"),
     "drain": _Spec("bool"),
     "drain_max_per_hour": _Spec("int", 0, example="2"),
     "drain_max_fraction": _Spec("float", 0, True, "0.1"),
@@ -250,6 +261,11 @@ def _checked(name: str, value: Any, label: str) -> Any:
     elif spec.kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{label} is not a boolean", "set true or false (or yes/no, on/off, 1/0)")
+    elif spec.kind == "choice":
+        choices = CHOICES[name]
+        if not isinstance(value, str) or value.strip() not in choices:
+            raise ConfigError(f"{label} is not one of {', '.join(choices)}", f"set one of them, e.g. {spec.example}")
+        value = value.strip()
     elif spec.kind == "path":
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{label} is not a path", "set a directory path as a string, or leave it unset")

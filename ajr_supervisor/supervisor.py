@@ -33,6 +33,8 @@ from ajr_supervisor.config import Config
 from ajr_supervisor.detect.analyzer import CheckpointSeen, LogAnalyzer
 from ajr_supervisor.detect.crash import exit_finding
 from ajr_supervisor.detect.hang import HangDetector
+from ajr_supervisor.detect.progress import Progress, parse_progress
+from ajr_supervisor.detect.straggler import PerfDropDetector, StragglerDetector
 from ajr_supervisor.detect.srun import TASK_WRAPPER, NodeFailure, TaskEnd
 from ajr_supervisor.enroll import Enrollment, effective_max_requeues
 from ajr_supervisor.errors import AjrError
@@ -100,6 +102,10 @@ class Supervisor:
         self.hang_timeout_s = enrollment.hang_timeout_s or config.hang_timeout_s
         self.max_requeues = effective_max_requeues(config.max_requeue_times, enrollment)
         self.analyzer = LogAnalyzer(rules)
+        self.straggler = StragglerDetector({}, exclude=True)
+        self.perf_drop = PerfDropDetector(drop_frac=config.perf_drop_frac, duration_s=config.perf_drop_duration_s)
+        self.throughput_findings: list[Finding] = []   # recorded with the attempt
+        self.trigger_findings: list[Finding] = []      # ones that end the attempt (straggler_action: exclude)
         self.started_at = wall()
         self.health: dict[str, NodeHealth] = {}
         self.health_faults: list[HealthFault] = []
@@ -239,6 +245,26 @@ class Supervisor:
             # A task is gone: the others would wait for it forever in their next collective.
             self.info("srun reports: %s", line.text)
             return True
+        if seen is None:
+            progress = parse_progress(line.text, line.rank)
+            if isinstance(progress, Progress):
+                return self._on_progress(line.time, progress)
+        return False
+
+    def _on_progress(self, now: float, progress: Progress) -> bool:
+        """Throughput: stragglers (per node) and performance drops (whole job). True: act now."""
+        self.straggler.rank_to_node.update(self.analyzer.rank_nodes)
+        finding = self.straggler.observe(now, progress)
+        if finding is not None:
+            self.info("STRAGGLER: %s", finding.reason)
+            self.throughput_findings.append(finding)
+            if self.config.straggler_action == "exclude":
+                self.trigger_findings.append(finding)
+                return True
+        drop = self.perf_drop.observe(now, progress)
+        if drop is not None:
+            self.info("PERF_DROP: %s", drop.reason)
+            self.throughput_findings.append(drop)
         return False
 
     # -- endings ------------------------------------------------------------------------------
@@ -298,7 +324,7 @@ class Supervisor:
                 for node, h in sorted(self.health.items()) if node in self.job.nodes for c in h.bad]
 
     def _decide_and_act(self, proc, *, step_failed: bool, exit_code: int | None) -> int | None:
-        findings = self.hang_findings + self.analyzer.all_findings()
+        findings = self.hang_findings + self.trigger_findings + self.analyzer.all_findings()
         if exit_code is not None:
             extra = exit_finding(exit_code, self.clock())
             if extra is not None:
@@ -392,7 +418,8 @@ class Supervisor:
             a.decision = entry
             if self.health:
                 a.health = {n: h.to_dict() for n, h in sorted(self.health.items())}
-            a.anomalies = [_finding_dict(f) for f in findings][:MAX_RECORDED_ANOMALIES]
+            reported = [f for f in self.throughput_findings if f not in findings]
+            a.anomalies = [_finding_dict(f) for f in list(findings) + reported][:MAX_RECORDED_ANOMALIES]
             a.rank_nodes = {str(k): v for k, v in sorted(self.analyzer.rank_nodes.items())}
             if self._follower is not None:
                 a.log_offset = self._follower.offset
@@ -412,7 +439,7 @@ class Supervisor:
             return {}
         nodes = sorted(by_node)
         # one shell per node: dump the ranks that run there (the node's ranks are passed as r:pid pairs)
-        script = ('for rp in $(eval echo \$AJR_RANKS_$(echo "$SLURMD_NODENAME" | tr -c "A-Za-z0-9\n" _)); do '
+        script = ('for rp in $(eval echo \\$AJR_RANKS_$(echo "$SLURMD_NODENAME" | tr -c "A-Za-z0-9\n" _)); do '
                   'r=${rp%%:*}; p=${rp#*:}; echo "=== rank $r pid $p"; '
                   'timeout 10 "$AJR_PYSPY" dump --pid "$p" 2>&1 || echo "(py-spy failed: is py-spy installed on the node?)"; '
                   'done')

@@ -450,3 +450,19 @@ def test_hung_nvml_is_unknown_and_blames_nobody(run_job, slurm, job_dir):
         states = {c["name"]: (c["state"], c["detail"]) for c in health["checks"]}
         assert not [n for n, (s, _) in states.items() if s == "BAD"], (node, states)
         assert any(s == "UNKNOWN" and "timed out" in d for s, d in states.values()), (node, states)
+
+
+def test_straggler_node_is_excluded_when_configured(run_job, slurm, job_dir):
+    """The trainer runs 25% slower on node2 (its ranks keep in lockstep, so only their own step
+    times show it); with straggler_action: exclude, node2 is excluded and the job requeued."""
+    job_id = run_job("""
+        "$AJR" run -- "$PY" "$TRAIN" --iters 200 --step-s 0.04 --ckpt-dir "$CK" --ckpt-every 10 \\
+            --slow-node node2 --slow-factor 1.25
+        """, nodes=3, config="straggler_action: exclude\n", extra=("--nodelist=node[1-3]",))
+    rec = wait_for(lambda: (r := StateStore(job_dir / ".ajr").load(job_id)) and r.attempts
+                   and r.attempts[0].decision and r, 90, "the straggler decision")
+    first = rec.attempts[0]
+    assert first.decision["verdict"] == "EXCLUDE_AND_REQUEUE", first.decision
+    assert first.decision["finding"]["anomaly"] == "STRAGGLER" and first.decision["exclude"] == ["node2"]
+    assert re.search(r"node node2 is 2\d\.\d% slower than its peers", first.decision["reason"])
+    wait_for(lambda: slurm.show_job(job_id).exc_nodes == "node2", 30, "node2 to be excluded")

@@ -618,3 +618,26 @@ def test_probe_output_cut_into_chunks_by_srun_is_joined_per_task():
     health = parse_probe_output(out)
     assert sorted(health) == ["node1", "node2"]
     assert [c.name for c in health["node2"].bad] == ["gpu0.ecc_uncorrected_volatile"]
+
+
+STEPS = ('for i in $(seq 1 40); do t=100; [ "$SLURMD_NODENAME" = node2 ] && t=125; '
+         'echo "[2026-11-25 09:00:00.000] rank $SLURM_PROCID iteration $i step_time_ms $t"; sleep 0.005; done; ')
+
+
+def test_straggler_is_excluded_when_asked(env):
+    sup, slurm = env.supervisor(straggler_action="exclude", nodes=("node1", "node2", "node3"))
+    rc, _ = run(sup, bash(STEPS + "exec sleep 30"))
+    assert rc == EXIT_REQUEUED
+    assert ["scontrol", "update", f"JobId={JOB}", "ExcNodeList=node2"] in slurm.commands
+    [a] = env.record().attempts
+    assert a.decision["finding"]["anomaly"] == "STRAGGLER" and a.decision["exclude"] == ["node2"]
+    assert "node node2 is 25.0% slower than its peers" in a.decision["reason"]
+
+
+def test_straggler_is_only_reported_by_default(env):
+    sup, slurm = env.supervisor(nodes=("node1", "node2", "node3"))
+    rc, _ = run(sup, bash(STEPS))
+    assert rc == 0 and slurm.commands == []
+    [a] = env.record().attempts
+    assert a.decision["verdict"] == "NONE"
+    assert [f["anomaly"] for f in a.anomalies] == ["STRAGGLER"] and a.anomalies[0]["nodes"] == ["node2"]
