@@ -161,7 +161,10 @@ def test_scancel_is_not_requeued(run_job, slurm, job_dir):
     assert job.base_state == "CANCELLED" and job.restarts == 0
     [only] = wait_for(lambda: (r := state(job_dir, job_id)).attempts[0].ended_at and r.attempts, 10,
                       "the supervisor to record the end")
-    assert only.decision["verdict"] == "NONE" and only.end_reason == "terminated" and only.actions == []
+    # Which comes first, our SIGTERM or srun's exit with the CANCELLED line, is a race: both mean
+    # "ended by Slurm or the user", neither counts as a failure.
+    assert only.decision["verdict"] == "NONE" and only.actions == []
+    assert only.end_reason in ("terminated", "cancelled") and not only.failed
 
 
 def test_deterministic_error_stops_after_one_attempt(run_job, slurm, job_dir):
