@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Mapping
 
+from ajr_supervisor.detect.srun import nodes_of
+
 log = logging.getLogger(__name__)
 
 KEYS = ("SLURM_JOB_ID", "SLURMD_NODENAME", "SLURM_JOB_RESTART_COUNT", "SLURM_JOB_USER",
@@ -152,7 +154,7 @@ def _finish(env, config, slurm, job_id: str, clock, sleep) -> str:
 
     store = StateStore(config.state_path(env.get("SLURM_JOB_WORK_DIR", ".")))
     restarts = int(env.get("SLURM_JOB_RESTART_COUNT", "0") or 0)
-    allocation = _nodes(env.get("SLURM_JOB_NODELIST", ""))
+    allocation = nodes_of(env.get("SLURM_JOB_NODELIST", ""))
     # On a requeuehold Slurm has already counted the restart: the attempt that just ended is
     # restarts - 1, and the state file holds the supervisor's requeue decision for it.
     record = store.load(job_id)
@@ -213,7 +215,7 @@ def _after_requeuehold(env, config, slurm, store, job_id, attempt_no, allocation
         sleep(0.2)
     record = store.load(job_id)
     exclude = _allowed(decision.get("exclude", []), allocation, record.excluded_nodes if record else [])
-    if exclude and sorted(set(_nodes(job.exc_nodes))) != exclude:
+    if exclude and sorted(set(nodes_of(job.exc_nodes))) != exclude:
         slurm.set_excluded_nodes(job_id, exclude)
         if not slurm.dry_run:
             store.update(job_id, lambda rec: setattr(rec, "excluded_nodes", exclude))
@@ -333,15 +335,6 @@ def _allowed(exclude, allocation, already) -> list[str]:
     """Only nodes of this job's allocation, or ones excluded before, may be (kept) excluded."""
     ok = set(allocation) | set(already)
     return sorted(n for n in set(exclude) if n in ok)
-
-
-def _nodes(expr: str) -> list[str]:
-    from ajr_supervisor.slurm import expand_hostlist
-
-    try:
-        return expand_hostlist(expr) if expr and expr != "(null)" else []
-    except ValueError:
-        return []
 
 
 def _latest_log(env: Mapping[str, str]) -> str | None:

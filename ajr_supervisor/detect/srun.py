@@ -81,6 +81,9 @@ def parse_rank_mark(text: str) -> tuple[int, str, int] | None:
 
 
 def nodes_of(expr: str) -> list[str]:
+    """A Slurm node list as names; empty for ``(null)``, nothing, or a list that does not parse."""
+    if not expr or expr == "(null)":
+        return []
     try:
         return expand_hostlist(expr)
     except ValueError:

@@ -275,17 +275,13 @@ class Lab:
         s.slurmdbd_conf.write_text(render_slurmdbd_conf(s, password))
         s.slurmdbd_conf.chmod(0o600)
         pid = self._start("slurmdbd", ["unshare", "--uts", "sh", "-c", "hostname ctl; exec slurmdbd -D"])
-        self._wait_for(lambda: self._listening(s.dbd_port), 30, "slurmdbd", pid, s.log_dir / "slurmdbd.log")
+        self._wait_for(lambda: host.port_in_use(s.dbd_port), 30, "slurmdbd", pid, s.log_dir / "slurmdbd.log")
         for argv in (["sacctmgr", "-i", "add", "cluster", s.name],
                      ["sacctmgr", "-i", "add", "account", "lab", f"Cluster={s.name}"],
                      ["sacctmgr", "-i", "add", "user", "root", "Account=lab", f"Cluster={s.name}"]):
             proc = host.run(argv, env=self.env(), check=False)
             if proc.returncode != 0 and "Nothing new added" not in proc.stdout + proc.stderr:
                 raise LabError(f"`{' '.join(argv)}` failed: {' '.join(proc.stderr.split())[:200]}")
-
-    @staticmethod
-    def _listening(port: int) -> bool:
-        return host.port_in_use(port)
 
     def _start_slurmctld(self) -> None:
         pid = self._start("slurmctld", ["unshare", "--uts", "sh", "-c", "hostname ctl; exec slurmctld -D -i"])
