@@ -63,9 +63,24 @@ class Config:
     hook_probe: bool = False             # the node Prolog and Epilog also probe the node and log its health
     # Throughput: a node persistently slower than its peers (per-rank step times) is a straggler;
     # "report" records it, "exclude" excludes the node and requeues. A whole-job drop is reported.
-    straggler_action: str = "report"
+    # "auto" excludes only when the slow node costs more over the rest of the run than a restart
+    # (README: "Stragglers"); "report" only records; "exclude" always excludes and requeues.
+    straggler_action: str = "auto"
+    restart_cost_s: float = 300.0        # queue wait + restart to the first step, when no history says better
     perf_drop_frac: float = 0.10         # throughput below the job's own baseline by this share...
     perf_drop_duration_s: float = 600.0  # ...for this long is a performance drop (reported)
+    # Adaptive hang timeout: learn the step cadence; alarm after max(floor, k * p99 step interval).
+    # Off: never sooner than hang_timeout_s. On (per job: export AJR_HANG_ADAPTIVE=true): may be sooner.
+    hang_adaptive: bool = False
+    hang_adaptive_k: float = 5.0
+    hang_adaptive_floor_s: float = 30.0
+    hang_startup_grace_s: float = 1800.0  # adaptive only: silence allowed before the first step
+    hang_quiet_span_max_s: float = 1800.0  # an open checkpoint save / load / validation is not a hang this long
+    # The central registry (ajr registry serve): events go to an on-disk outbox first, then there.
+    cluster_name: str | None = None      # None: $SLURM_CLUSTER_NAME, else "default"
+    registry_url: str | None = None      # e.g. http://registry:8787 ; None: no events are sent
+    registry_token_file: str | None = None  # a file holding a "supervisor" token (else $AJR_REGISTRY_TOKEN)
+    outbox_dir: str | None = None        # None: "<state_dir>/outbox"
     # Admin mode (EpilogSlurmctld, as SlurmUser): drain the nodes ajr excludes, behind a breaker.
     drain: bool = False
     drain_max_per_hour: int = 2          # at most this many drains by ajr in any hour, cluster-wide
@@ -90,8 +105,16 @@ class Config:
         """
         return Path(self.state_dir) if self.state_dir else Path(work_dir) / ".ajr"
 
+    def outbox_path(self, work_dir: str | os.PathLike) -> Path:
+        """Where undelivered registry events wait: ``outbox_dir``, else ``<state dir>/outbox``."""
+        return Path(self.outbox_dir) if self.outbox_dir else self.state_path(work_dir) / "outbox"
 
-CHOICES = {"straggler_action": ("report", "exclude")}
+    def cluster(self, env: Mapping[str, str] | None = None) -> str:
+        env = os.environ if env is None else env
+        return self.cluster_name or env.get("SLURM_CLUSTER_NAME") or "default"
+
+
+CHOICES = {"straggler_action": ("auto", "report", "exclude")}
 
 
 class _Spec(NamedTuple):
@@ -122,9 +145,19 @@ _SPECS: dict[str, _Spec] = {
     "nvml_timeout_s": _Spec("float", 0, True, "5"),
     "kernel_log": _Spec("path"),
     "hook_probe": _Spec("bool"),
-    "straggler_action": _Spec("choice", example="report"),
+    "straggler_action": _Spec("choice", example="auto"),
+    "restart_cost_s": _Spec("float", 0, False, "300"),
     "perf_drop_frac": _Spec("float", 0, True, "0.1"),
     "perf_drop_duration_s": _Spec("float", 0, True, "600"),
+    "hang_adaptive": _Spec("bool"),
+    "hang_adaptive_k": _Spec("float", 0, True, "5"),
+    "hang_adaptive_floor_s": _Spec("float", 0, True, "30"),
+    "hang_startup_grace_s": _Spec("float", 0, True, "1800"),
+    "hang_quiet_span_max_s": _Spec("float", 0, True, "1800"),
+    "cluster_name": _Spec("path"),
+    "registry_url": _Spec("path"),
+    "registry_token_file": _Spec("path"),
+    "outbox_dir": _Spec("path"),
     "drain": _Spec("bool"),
     "drain_max_per_hour": _Spec("int", 0, example="2"),
     "drain_max_fraction": _Spec("float", 0, True, "0.1"),
@@ -268,8 +301,11 @@ def _checked(name: str, value: Any, label: str) -> Any:
         value = value.strip()
     elif spec.kind == "path":
         if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{label} is not a path", "set a directory path as a string, or leave it unset")
+            raise ConfigError(f"{label} is not a {'URL' if name == 'registry_url' else 'path'}",
+                              "set it as a string, or leave it unset")
         value = value or None
+        if name == "registry_url" and value and not re.match(r"https?://[^/\s]+", value):
+            raise ConfigError(f"{label} is not an http(s) URL", "set e.g. http://registry.example:8787")
     else:
         value = _checked_list(name, value, label, spec)
     return value

@@ -145,7 +145,7 @@ def test_unknown_key_lists_the_valid_ones(tmp_path):
     path = write(tmp_path, "hang_timout_s: 30\n")
     line = error_of(path=path, env={})
     assert line.startswith(f"{path}: unknown key 'hang_timout_s'; valid keys: checkpoint_patterns, "
-                           "crash_loop_attempts, drain, drain_ledger, drain_max_fraction, drain_max_per_hour, dry_run,")
+                           "cluster_name, crash_loop_attempts, drain, drain_ledger, drain_max_fraction, drain_max_per_hour, dry_run,")
     assert "srun_kill_on_bad_exit" in line
     assert "did you mean 'hang_timeout_s'?" in line
 
@@ -209,7 +209,7 @@ def test_file_not_utf8(tmp_path):
     ("crash_loop_attempts: 0\n", "crash_loop_attempts=0 is too small; set a whole number of at least 1"),
     ("dry_run: maybe\n", "dry_run='maybe' is not a boolean; set true or false (or yes/no, on/off, 1/0)"),
     ("dry_run: 2\n", "dry_run=2 is not a boolean"),
-    ("log_dir: 5\n", "log_dir=5 is not a path; set a directory path as a string, or leave it unset"),
+    ("log_dir: 5\n", "log_dir=5 is not a path; set it as a string, or leave it unset"),
     ("enroll_partitions: [gpu, 3]\n", "enroll_partitions=['gpu', 3] is not a list of strings"),
     ("enroll_partitions: {a: 1}\n", "enroll_partitions={'a': 1} is not a list of strings"),
     ("checkpoint_patterns: ['saved (']\n",
@@ -397,3 +397,18 @@ def test_split_list(text, expected):
 @given(st.lists(st.from_regex(r"[A-Za-z0-9_.\-/]+", fullmatch=True), max_size=6))
 def test_split_list_round_trips_plain_names(names):
     assert split_list(",".join(names)) == tuple(names)
+
+
+def test_registry_url_must_be_http(tmp_path):
+    line = error_of(path=write(tmp_path, "registry_url: registry:8787\n"), env={})
+    assert "registry_url" in line and "is not an http(s) URL; set e.g. http://" in line
+    assert load_config(path=write(tmp_path, "registry_url: http://reg:8787\n"), env={}).registry_url == "http://reg:8787"
+
+
+def test_outbox_and_cluster_defaults(tmp_path):
+    c = Config()
+    assert c.outbox_path("/w") == Path("/w/.ajr/outbox")
+    assert Config(outbox_dir="/spool").outbox_path("/w") == Path("/spool")
+    assert c.cluster({"SLURM_CLUSTER_NAME": "lab"}) == "lab"
+    assert c.cluster({}) == "default"
+    assert Config(cluster_name="eos").cluster({"SLURM_CLUSTER_NAME": "lab"}) == "eos"
