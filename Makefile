@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-SYSTEM_PACKAGES = slurm-wlm munge slurmdbd mariadb-server iproute2 util-linux
+SYSTEM_PACKAGES = slurm-wlm munge slurmdbd mariadb-server postgresql iproute2 util-linux
 PYTEST_ARGS ?=
 
 .PHONY: all deps system-deps venv test unit cluster bench demo demo-down clean
