@@ -53,6 +53,7 @@ class Attempt:
     rank_nodes: dict[str, str] = field(default_factory=dict)   # rank (as str) -> node
     stacks: dict[str, str] = field(default_factory=dict)       # rank -> py-spy dump, taken before a hang's kill
     health: dict[str, dict] = field(default_factory=dict)      # node -> NodeHealth probed before the decision
+    first_step_at: float | None = None   # the attempt's first progress line (wall clock)
 
     @property
     def running(self) -> bool:

@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,9 +33,7 @@ from ajr_supervisor.attribute import HealthFault, attribute
 from ajr_supervisor.config import Config
 from ajr_supervisor.detect.analyzer import CheckpointSeen, LogAnalyzer
 from ajr_supervisor.detect.crash import exit_finding
-from ajr_supervisor.detect.hang import HangDetector
-from ajr_supervisor.detect.progress import Progress, parse_progress
-from ajr_supervisor.detect.straggler import PerfDropDetector, StragglerDetector
+from ajr_supervisor.detect.watch import ProgressWatch
 from ajr_supervisor.detect.srun import TASK_WRAPPER, NodeFailure, TaskEnd
 from ajr_supervisor.enroll import Enrollment, effective_max_requeues
 from ajr_supervisor.errors import AjrError
@@ -69,6 +68,7 @@ class JobContext:
     nodes: tuple[str, ...]
     restarts: int
     comment: str
+    end_time: float | None = None      # Slurm's EndTime (wall clock) of a running job; None: unknown/unlimited
 
     @classmethod
     def from_slurm(cls, slurm: Slurm, job_id: str) -> "JobContext":
@@ -76,7 +76,15 @@ class JobContext:
         comment = slurm.job_comment(job_id)
         return cls(job_id=str(job_id), name=job.name, user=job.user, partition=job.partition,
                    work_dir=job.fields.get("WorkDir", os.getcwd()), nodes=tuple(expand_hostlist(job.nodes)),
-                   restarts=job.restarts, comment=comment)
+                   restarts=job.restarts, comment=comment, end_time=_slurm_time(job.fields.get("EndTime")))
+
+
+def _slurm_time(text: str | None) -> float | None:
+    """``2026-11-25T12:30:00`` (local time, as scontrol prints it) -> epoch seconds; else None."""
+    try:
+        return datetime.fromisoformat(text).timestamp() if text else None
+    except ValueError:
+        return None   # Unknown, None, an UNLIMITED job
 
 
 def log_file_name(job_name: str, job_id: str, when: float) -> str:
@@ -102,16 +110,15 @@ class Supervisor:
         self.hang_timeout_s = enrollment.hang_timeout_s or config.hang_timeout_s
         self.max_requeues = effective_max_requeues(config.max_requeue_times, enrollment)
         self.analyzer = LogAnalyzer(rules)
-        self.straggler = StragglerDetector({}, exclude=True)
-        self.perf_drop = PerfDropDetector(drop_frac=config.perf_drop_frac, duration_s=config.perf_drop_duration_s)
-        self.throughput_findings: list[Finding] = []   # recorded with the attempt
-        self.trigger_findings: list[Finding] = []      # ones that end the attempt (straggler_action: exclude)
+        self.watch: ProgressWatch | None = None        # made when the step starts (its clock starts then)
+        self.trigger_findings: list[Finding] = []      # ones that end the attempt (a straggler to exclude)
         self.started_at = wall()
         self.health: dict[str, NodeHealth] = {}
         self.health_faults: list[HealthFault] = []
         self._probe: threading.Thread | None = None
         self.hang_findings: list[Finding] = []
         self.checkpoints: list[dict] = []
+        self._first_step_at: float | None = None
         self._terminated: int | None = None
         self._follower: LogFollower | None = None
 
@@ -182,19 +189,19 @@ class Supervisor:
         follower.wake()
 
     def _supervise(self, proc, follower: LogFollower) -> int:
-        hang = HangDetector(self.hang_timeout_s, self.clock())
+        watch = self.watch = self._new_watch()
         settle_until: float | None = None
         decided = False
         while True:
             for line in follower.read_new():
-                if self._on_line(line, hang) and settle_until is None:
+                if self._on_line(line, watch) and settle_until is None:
                     settle_until = self.clock() + self.config.settle_s
                     self._start_probe()   # node health, in parallel with the settle
             rc = proc.poll()
             now = self.clock()
             if rc is not None:
                 for line in follower.read_new(final=True):
-                    self._on_line(line, hang)
+                    self._on_line(line, watch)
                 if isinstance(proc, StepWatcher) and not decided:
                     self.info("no step of the job runs any more; its exit is left to EpilogSlurmctld")
                     self._record_decision_free_end()
@@ -212,7 +219,7 @@ class Supervisor:
             if settle_until is not None and now >= settle_until:
                 why = "fatal line"
             else:
-                finding = hang.check(now)
+                finding = watch.check(now)
                 if finding is not None:
                     self.hang_findings.append(finding)
                     self.info("HANG detected: %s", finding.reason)
@@ -226,16 +233,31 @@ class Supervisor:
             timeout = self.config.poll_interval_s
             if settle_until is not None:
                 timeout = min(timeout, max(0.0, settle_until - now))
-            timeout = min(timeout, max(0.01, hang.deadline() - now))
+            timeout = min(timeout, max(0.01, watch.deadline() - now))
             follower.wait(timeout)
 
-    def _on_line(self, line: LogLine, hang: HangDetector) -> bool:
+    def _new_watch(self) -> ProgressWatch:
+        wall_end = self.job.end_time
+        return ProgressWatch(self.config, self.clock(), hang_timeout_s=self.hang_timeout_s,
+                             remaining_s=(lambda: wall_end - self.wall()) if wall_end else (lambda: None),
+                             restart_cost_s=self._restart_cost_s())
+
+    def _restart_cost_s(self) -> float:
+        """Queue wait + restart to the first step: the job's own last requeue when known (its
+        attempt's end to the next attempt's first step), else the config's restart_cost_s."""
+        record = self.store.load(self.job.job_id)
+        attempts = record.attempts if record else []
+        seen = [b.first_step_at - a.ended_at for a, b in zip(attempts, attempts[1:])
+                if a.ended_at and b.first_step_at and b.first_step_at > a.ended_at]
+        return seen[-1] if seen else self.config.restart_cost_s
+
+    def _on_line(self, line: LogLine, watch: ProgressWatch) -> bool:
         """Feed one line to the detectors; True when it is a fatal line that proves death."""
-        hang.observe(line.time)
+        watch.heard(line.time)
         seen = self.analyzer.feed(line)
         if isinstance(seen, CheckpointSeen):
             self._record_checkpoint(line, seen.iteration)
-            return False
+            return self._straggler_ends(watch.checkpoint(line.time))
         if isinstance(seen, Finding):
             if len(self.analyzer.findings) <= 5 or seen.trigger == Trigger.IMMEDIATE:
                 self.info("%s (%s, rule %s) at line: %s", seen.anomaly.value, seen.component.value,
@@ -246,26 +268,23 @@ class Supervisor:
             self.info("srun reports: %s", line.text)
             return True
         if seen is None:
-            progress = parse_progress(line.text, line.rank)
-            if isinstance(progress, Progress):
-                return self._on_progress(line.time, progress)
+            before = len(watch.findings)
+            ends = watch.line(line.time, line.text, line.rank, self.analyzer.rank_nodes)
+            if watch.first_progress_at is not None and self._first_step_at is None:
+                self._record_first_step()
+            for f in watch.findings[before:]:
+                self.info("%s: %s", f.anomaly.value, f.reason)
+            return self._straggler_ends(ends)
         return False
 
-    def _on_progress(self, now: float, progress: Progress) -> bool:
-        """Throughput: stragglers (per node) and performance drops (whole job). True: act now."""
-        self.straggler.rank_to_node.update(self.analyzer.rank_nodes)
-        finding = self.straggler.observe(now, progress)
-        if finding is not None:
-            self.info("STRAGGLER: %s", finding.reason)
-            self.throughput_findings.append(finding)
-            if self.config.straggler_action == "exclude":
-                self.trigger_findings.append(finding)
-                return True
-        drop = self.perf_drop.observe(now, progress)
-        if drop is not None:
-            self.info("PERF_DROP: %s", drop.reason)
-            self.throughput_findings.append(drop)
-        return False
+    def _straggler_ends(self, finding: Finding | None) -> bool:
+        """A straggler worth excluding (straggler_action exclude, or auto once it pays): act now."""
+        if finding is None:
+            return False
+        if self.watch is not None and self.watch.notes:
+            self.info("straggler cost: %s", self.watch.notes[-1])
+        self.trigger_findings.append(finding)
+        return True
 
     # -- endings ------------------------------------------------------------------------------
     def _on_exit(self, rc: int) -> int:
@@ -403,6 +422,11 @@ class Supervisor:
         self.info("checkpoint saved%s", f" (iteration {iteration})" if iteration is not None else "")
         self.store.update(self.job.job_id, lambda rec: self._current(rec).checkpoints.append(entry))
 
+    def _record_first_step(self) -> None:
+        """The attempt's first progress line: when the restart began to pay (KPIs, restart cost)."""
+        self._first_step_at = now = self.wall()
+        self.store.update(self.job.job_id, lambda rec: setattr(self._current(rec), "first_step_at", now))
+
     def _record_decision(self, decision: Decision, *, step_failed: bool, findings: Sequence[Finding] = ()) -> None:
         now = self.wall()
         blame = attribute([f for f in findings if not (f.rule_id or "").startswith("health.")],
@@ -418,7 +442,7 @@ class Supervisor:
             a.decision = entry
             if self.health:
                 a.health = {n: h.to_dict() for n, h in sorted(self.health.items())}
-            reported = [f for f in self.throughput_findings if f not in findings]
+            reported = [f for f in (self.watch.findings if self.watch else []) if f not in findings]
             a.anomalies = [_finding_dict(f) for f in list(findings) + reported][:MAX_RECORDED_ANOMALIES]
             a.rank_nodes = {str(k): v for k, v in sorted(self.analyzer.rank_nodes.items())}
             if self._follower is not None:

@@ -36,6 +36,7 @@ class Progress:
     it_per_s: float | None
     rank: int | None
     source: str                   # megatron | nemo | lightning | ajr-telemetry | ajr-example
+    total: int | None = None      # the run's last iteration, when the line says (Megatron, telemetry)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ TELEMETRY_TAG = "[ajr-telemetry]"
 _PRECHECK = re.compile(r"iteration|it/s|s/it|ajr-telemetry")
 _NUM = r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
 
-_MEGATRON = re.compile(r"\biteration\s+(\d+)\s*/\s*\d+\s*\|")
+_MEGATRON = re.compile(r"\biteration\s+(\d+)\s*/\s*(\d+)\s*\|")
 _ELAPSED = re.compile(r"elapsed time per iteration \(ms\):\s*" + _NUM)
 _TFLOPS = re.compile(r"(?:TFLOP/s/GPU\)|TFLOPs(?: per GPU)?|TFLOP/s)\s*:\s*" + _NUM)
 _NEMO2 = re.compile(r"\bTraining epoch \d+, iteration (\d+)/\d+")
@@ -102,7 +103,8 @@ def _telemetry(text: str, rank: int | None) -> Progress | SpanEvent | None:
         if ips is None and step:
             ips = 1000.0 / step
         tflops = _float(kv.get("tflops", kv.get("TFLOP/s")))
-        return Progress(_int(kv.get("iteration")), step, tflops, ips, r, "ajr-telemetry")
+        return Progress(_int(kv.get("iteration")), step, tflops, ips, r, "ajr-telemetry",
+                        _int(kv.get("total_iterations")))
     if event in ("span_start", "span_end"):
         return SpanEvent("start" if event == "span_start" else "end", kv.get("name", ""),
                          kv.get("span"), _float(kv.get("duration_ms")), r)
@@ -141,7 +143,7 @@ def parse_progress(text: str, rank: int | None = None) -> Progress | SpanEvent |
         step_ms = float(step.group(1)) if step else None
         tf = _TFLOPS.search(text)
         return Progress(int(m.group(1)), step_ms, float(tf.group(1)) if tf else None,
-                        1000.0 / step_ms if step_ms else None, rank, "megatron")
+                        1000.0 / step_ms if step_ms else None, rank, "megatron", int(m.group(2)))
     m = _EXAMPLE.search(text)
     if m:
         step_ms = float(m.group(3))

@@ -65,6 +65,8 @@ class StragglerDetector:
         self._closed_below = -1                               # iterations <= this are closed
         self._history: dict[str, deque[WindowStat]] = {}
         self.reported: set[str] = set()
+        self.slowdown: dict[str, float] = {}      # reported node -> its slowdown (0.12 = 12% slower)
+        self.peers_step_ms: dict[str, float] = {}  # reported node -> its peers' median step time
 
     def observe(self, now: float, p: Progress) -> Finding | None:
         """A progress line (with its rank) read at ``now``; returns a finding when one is due."""
@@ -102,9 +104,16 @@ class StragglerDetector:
                 found = self._finding(now, node, list(hist))
         return found
 
+    def still_slow(self, node: str) -> bool:
+        """Whether ``node`` was slow in the last window closed."""
+        hist = self._history.get(node)
+        return bool(hist) and hist[-1].slow
+
     def _finding(self, now: float, node: str, hist: list[WindowStat]) -> Finding:
         node_ms = median(w.node_ms for w in hist)
         peers_ms = median(w.peers_ms for w in hist)
+        self.slowdown[node] = node_ms / peers_ms - 1.0 if peers_ms > 0 else 0.0
+        self.peers_step_ms[node] = peers_ms
         pct = 100.0 * (node_ms / peers_ms - 1.0)
         windows = ", ".join(f"{w.first_iteration}-{w.last_iteration}: {w.node_ms:.1f}/{w.peers_ms:.1f}"
                             for w in hist)

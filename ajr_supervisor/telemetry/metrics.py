@@ -75,6 +75,7 @@ class IterationMetrics:
     samples_per_s: float | None = None
     loss: float | None = None
     lr: float | None = None
+    total_iterations: int | None = None   # the run's last iteration: lets ajr weigh a restart's cost
     extra: dict[str, Any] = field(default_factory=dict)
 
     def fields(self) -> dict[str, Any]:
@@ -84,7 +85,7 @@ class IterationMetrics:
             "iteration": self.iteration, "step_time_ms": self.step_time_ms, "tflops": tflops,
             "TFLOP/s": float("nan") if tflops is None else tflops,
             "tokens_per_s": self.tokens_per_s, "samples_per_s": self.samples_per_s,
-            "loss": self.loss, "lr": self.lr,
+            "loss": self.loss, "lr": self.lr, "total_iterations": self.total_iterations,
         }
         if self.extra:
             out.update({clean_key(k): v for k, v in self.extra.items()})

@@ -17,7 +17,7 @@ def lines(name: str) -> list[str]:
 
 def test_megatron_with_throughput_real():
     p = parse_progress(lines("megatron_lm_tflops.log")[0], rank=0)
-    assert p == Progress(71, 5361.6, 243.6, pytest.approx(1000 / 5361.6), 0, "megatron")
+    assert p == Progress(71, 5361.6, 243.6, pytest.approx(1000 / 5361.6), 0, "megatron", 100)
     assert parse_progress(lines("megatron_lm_tflops.log")[1], rank=0).iteration == 72
 
 

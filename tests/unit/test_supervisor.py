@@ -9,6 +9,7 @@ reports task ends with srun's own words. Every process is killed at the end of e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -634,10 +635,35 @@ def test_straggler_is_excluded_when_asked(env):
     assert "node node2 is 25.0% slower than its peers" in a.decision["reason"]
 
 
-def test_straggler_is_only_reported_by_default(env):
-    sup, slurm = env.supervisor(nodes=("node1", "node2", "node3"))
+def test_straggler_is_only_reported_when_asked(env):
+    sup, slurm = env.supervisor(straggler_action="report", nodes=("node1", "node2", "node3"))
     rc, _ = run(sup, bash(STEPS))
     assert rc == 0 and slurm.commands == []
     [a] = env.record().attempts
     assert a.decision["verdict"] == "NONE"
     assert [f["anomaly"] for f in a.anomalies] == ["STRAGGLER"] and a.anomalies[0]["nodes"] == ["node2"]
+
+
+def test_straggler_auto_excludes_when_the_run_is_long(env):
+    """Default (auto): no total in the lines and no time limit known: the run counts as long."""
+    sup, slurm = env.supervisor(nodes=("node1", "node2", "node3"))
+    rc, _ = run(sup, bash(STEPS + "exec sleep 30"))
+    assert rc == EXIT_REQUEUED
+    assert ["scontrol", "update", f"JobId={JOB}", "ExcNodeList=node2"] in slurm.commands
+
+
+def test_straggler_auto_keeps_a_node_when_the_run_ends_soon(env):
+    """The job's time limit ends in 60 s: 25% of 0.1 s over <= 600 steps is less than a restart."""
+    sup, slurm = env.supervisor(nodes=("node1", "node2", "node3"))
+    sup.job = dataclasses.replace(sup.job, end_time=time.time() + 60)
+    rc, _ = run(sup, bash(STEPS))
+    assert rc == 0 and slurm.commands == []
+    assert "restart cost 300 s" in sup.watch.notes[-1] and "<=" in sup.watch.notes[-1]
+
+
+def test_first_step_is_recorded(env):
+    sup, _ = env.supervisor()
+    before = time.time()
+    rc, _ = run(sup, bash(STEPS))
+    [a] = env.record().attempts
+    assert rc == 0 and before <= a.first_step_at <= a.ended_at
