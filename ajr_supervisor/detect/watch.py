@@ -129,8 +129,8 @@ class ProgressWatch:
         remaining = self.remaining_steps(step_s)
         verdict = should_exclude(slowdown, remaining, step_s, cost)
         self.notes.append(f"{node}: {slowdown:.1%} slower x {step_s:.3g} s/step x "
-                          f"{remaining:.0f} steps left = {slowdown * step_s * remaining:.0f} s "
-                          f"{'>' if verdict else '<='} restart cost {cost:.0f} s")
+                          f"{remaining:.0f} steps left = {slowdown * step_s * remaining:.3g} s "
+                          f"{'>' if verdict else '<='} restart cost {cost:.3g} s")
         return verdict
 
     def _reconsider(self, now: float) -> Finding | None:

@@ -7,60 +7,12 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
-import pytest
 
 from ajr_supervisor.state import StateStore
 from ajr_supervisor.slurm import expand_hostlist
-from tests.cluster.helpers import read, wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-TRAIN = REPO / "slurm_examples" / "train.py"
-AJR = str(Path(sys.executable).with_name("ajr"))
-FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
-
-
-def comment(**aps) -> str:
-    return json.dumps({"APS": aps})
-
-
-@pytest.fixture
-def run_job(jobs, slurm, job_dir):
-    """Write an sbatch script (ajr run ... inside) and submit it; returns the job id."""
-
-    def submit(body: str, *, aps: dict | bool | None = None, nodes: int = 2, env: dict | None = None,
-               config: str | None = None, extra: tuple[str, ...] = (), name: str = "t") -> str:
-        """``aps=False`` submits without an enrollment comment."""
-        script = job_dir / "job.sh"
-        script.write_text("#!/bin/bash\n" + textwrap.dedent(body))
-        job_env = {"AJR": AJR, "PY": sys.executable, "TRAIN": str(TRAIN), "CK": str(job_dir / "ckpt"),
-                   "PYTHONUNBUFFERED": "1", **(env or {})}
-        if config is not None:
-            (job_dir / "ajr.yaml").write_text(config)
-            job_env["AJR_CONFIG"] = str(job_dir / "ajr.yaml")
-        else:
-            job_env["AJR_CONFIG"] = str(job_dir / "none.yaml")
-            (job_dir / "none.yaml").write_text("# defaults\n")
-        enrol = [] if aps is False else [f"--comment={comment(**(aps or {}))}"]
-        return jobs(f"-N{nodes}", "--ntasks-per-node=1", "--requeue", "--open-mode=append",
-                    f"--job-name={name}", f"--chdir={job_dir}", f"--output={job_dir}/batch.out",
-                    *enrol, *extra, str(script), env=job_env)
-
-    return submit
-
-
-def final_job(slurm, job_id, timeout_s=90):
-    return wait_for(lambda: (j := slurm.show_job(job_id)).base_state in FINAL and j, timeout_s,
-                    f"job {job_id} to finish")
-
-
-def state(job_dir, job_id):
-    rec = StateStore(job_dir / ".ajr").load(job_id)
-    assert rec is not None, f"no state file for job {job_id}"
-    return rec
-
+from tests.cluster.helpers import AJR, FINAL, REPO, final_job, read, state, wait_for
 
 def test_ajr_verification_requeue_then_stop(run_job, slurm, job_dir):
     """AJR's own install-guide test with max_requeue_times 1: crash, requeue once, crash, stop."""
