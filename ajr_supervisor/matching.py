@@ -72,7 +72,7 @@ class _RegexMatcher:
         """
         if self._always:
             return None
-        starts = _anchor_starts(buf.lower(), self.anchors) if self._by_literal else set()
+        starts = anchor_starts(buf.lower(), self.anchors) if self._by_literal else set()
         return starts | _fold_starts(buf) if folds else starts
 
 
@@ -250,7 +250,7 @@ def _anchors(literals: Iterable[str], common: str = _COMMON_LINES) -> list[str]:
     return sorted(chosen)
 
 
-def _anchor_starts(folded: bytes, anchors: Iterable[bytes]) -> set[int]:
+def anchor_starts(folded: bytes, anchors: Iterable[bytes]) -> set[int]:
     """Start offsets of the lines of ``folded`` (a lowercased block) that contain one of ``anchors``."""
     starts: set[int] = set()
     find, rfind = folded.find, folded.rfind

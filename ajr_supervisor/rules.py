@@ -182,6 +182,23 @@ class RuleSet:
             if best is not None:
                 yield start, best
 
+    def candidate_starts(self, buf: bytes) -> set[int] | None:
+        """Start offsets of the lines of ``buf`` that a rule or a checkpoint pattern may match
+        (a superset; None: every line may). One pass over the block, no per-line work."""
+        rules = self._matcher.candidate_starts(buf)
+        checkpoints = self._checkpoints.candidate_starts(buf) if rules is not None else None
+        return None if checkpoints is None else rules | checkpoints
+
+    @property
+    def uses_hyperscan(self) -> bool:
+        return isinstance(self._matcher, _HyperscanMatcher)
+
+    def anchor_literals(self) -> tuple[bytes, ...] | None:
+        """Lowercase substrings one of which every line (or joined fragment) a rule matches holds;
+        None when some rule needs no literal."""
+        exact = self._matcher._exact if isinstance(self._matcher, _HyperscanMatcher) else self._matcher
+        return None if exact._always else exact.anchors
+
     def _scan_buffer(self, buf: bytes, errors: str) -> Iterator[tuple[int, RuleMatch]]:
         number, previous = 1, 0
         for start, best in self._matching_starts(buf, errors):

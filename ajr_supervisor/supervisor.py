@@ -33,6 +33,7 @@ from ajr_supervisor.attribute import HealthFault, attribute
 from ajr_supervisor.config import Config
 from ajr_supervisor.detect.analyzer import CheckpointSeen, LogAnalyzer
 from ajr_supervisor.detect.crash import exit_finding
+from ajr_supervisor.detect.sieve import interesting_lines
 from ajr_supervisor.detect.watch import ProgressWatch
 from ajr_supervisor.detect.srun import TASK_WRAPPER, NodeFailure, TaskEnd
 from ajr_supervisor.enroll import Enrollment, effective_max_requeues
@@ -193,14 +194,14 @@ class Supervisor:
         settle_until: float | None = None
         decided = False
         while True:
-            for line in follower.read_new():
+            for line in self._read(follower, watch):
                 if self._on_line(line, watch) and settle_until is None:
                     settle_until = self.clock() + self.config.settle_s
                     self._start_probe()   # node health, in parallel with the settle
             rc = proc.poll()
             now = self.clock()
             if rc is not None:
-                for line in follower.read_new(final=True):
+                for line in self._read(follower, watch, final=True):
                     self._on_line(line, watch)
                 if isinstance(proc, StepWatcher) and not decided:
                     self.info("no step of the job runs any more; its exit is left to EpilogSlurmctld")
@@ -235,6 +236,14 @@ class Supervisor:
                 timeout = min(timeout, max(0.0, settle_until - now))
             timeout = min(timeout, max(0.01, watch.deadline() - now))
             follower.wait(timeout)
+
+    def _read(self, follower: LogFollower, watch: ProgressWatch, final: bool = False) -> list[LogLine]:
+        """The new lines any detector may act on (:mod:`~ajr_supervisor.detect.sieve`); every
+        other new line only counts as a sign of life."""
+        buf, offset, now = follower.read_block(final)
+        if buf:
+            watch.heard(now)
+        return interesting_lines(buf, offset, now, self.rules)
 
     def _new_watch(self) -> ProgressWatch:
         wall_end = self.job.end_time

@@ -250,7 +250,7 @@ def test_writes_to_other_files_do_not_count(follow, tmp_path):
         pytest.skip("inotify (watchdog) unavailable here")
     append(tmp_path / "other.log", "noise\n")
     time.sleep(0.05)
-    f._event.clear()                        # forget anything from the setup
+    f.wait(0.01)                            # forget anything from the setup
     t0 = time.monotonic()
     f.wait(0.2)
     assert time.monotonic() - t0 >= 0.15    # slept its timeout: nothing relevant happened
@@ -281,3 +281,20 @@ def test_close_is_idempotent(follow):
     f.close()
     f.close()
     assert not f.uses_inotify
+
+
+def test_watchdog_observer_is_the_fallback_without_libc_inotify(follow, tmp_path, monkeypatch):
+    from ajr_supervisor import logtail
+
+    monkeypatch.setattr(logtail._Inotify, "open", classmethod(lambda cls, path: None))
+    log = tmp_path / "unified.log"
+    append(log, "")
+    f = follow(inotify=True)
+    assert f.uses_inotify and f._inotify is None and f._observer is not None
+    writer = _write_later(log, "0: via watchdog\n")
+    t0 = time.monotonic()
+    f.wait(5.0)
+    assert time.monotonic() - t0 < 4.0
+    writer.join()
+    assert texts(f.read_new()) == [(0, "via watchdog")]
+    f.close()

@@ -662,7 +662,7 @@ def test_straggler_auto_keeps_a_node_when_the_run_ends_soon(env):
 
 
 def test_first_step_is_recorded(env):
-    sup, _ = env.supervisor()
+    sup, _ = env.supervisor(straggler_action="report")
     before = time.time()
     rc, _ = run(sup, bash(STEPS))
     [a] = env.record().attempts
