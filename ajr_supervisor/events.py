@@ -28,7 +28,7 @@ An event is a plain JSON object::
                      before a hang, the step's exit), by (supervisor|epilog)
     action           action (requeuehold|exclude|release|stop|drain|release_next|...), ok (bool),
                      error (str|null), detail, dry_run (bool)
-    node_health      node, state (OK|DEGRADED|BAD|UNKNOWN), checks (list of dicts)
+    node_health      node, state (GOOD|BAD|UNKNOWN), checks (list of dicts: the checks not GOOD)
     notification     severity (info|warning|critical), message
 
 This module is pure: building and checking events. Delivery is :mod:`ajr_supervisor.outbox`.

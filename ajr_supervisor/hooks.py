@@ -38,6 +38,7 @@ KEYS = ("SLURM_JOB_ID", "SLURMD_NODENAME", "SLURM_JOB_RESTART_COUNT", "SLURM_JOB
         "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_EXIT_CODE2", "SLURM_SCRIPT_CONTEXT")
 PENDING_TIMEOUT_S = 120.0
 FINISH_TIMEOUT_S = 15.0
+DELIVER_TIMEOUT_S = 60.0      # the detached child sends what waits in the outbox for at most this long
 
 
 def hook_line(context: str, env: Mapping[str, str], now: float) -> str:
@@ -129,13 +130,34 @@ def finish(env: Mapping[str, str], *, slurm=None, clock=time.monotonic, sleep=ti
     slurm = slurm or Slurm(env.get("SLURM_CONF"), timeout_s=config.slurm_timeout_s, dry_run=config.dry_run,
                            env=env)
     job_id = env["SLURM_JOB_ID"]
+    journal = _journal(env, config, job_id)
     try:
-        summary = _finish(env, config, slurm, job_id, clock, sleep)
+        summary = _finish(env, config, slurm, job_id, clock, sleep, journal)
     except Exception as exc:
         summary = f"error: {exc!r}"
+    summary += _deliver(journal)
     line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} ajr epilog-finish job {job_id}: {summary}"
     note("epilog", env, line)
     return summary
+
+
+def _journal(env: Mapping[str, str], config, job_id: str):
+    from ajr_supervisor.journal import open_journal
+
+    return open_journal(config, env.get("SLURM_JOB_WORK_DIR", "."), {
+        "job_id": job_id, "job_name": env.get("SLURM_JOB_NAME", ""), "user": env.get("SLURM_JOB_USER", ""),
+        "partition": env.get("SLURM_JOB_PARTITION", "")}, source="epilog", deliver=False, env=env)
+
+
+def _deliver(journal) -> str:
+    """Send what waits in the job's outbox: the epilog's own events and whatever the supervisor,
+    killed by the requeue or the end of the job, had no time to send. Returns a summary tail."""
+    outbox = journal.outbox
+    if outbox is None or not outbox.url or not outbox.backlog():
+        return ""
+    result = outbox.flush(DELIVER_TIMEOUT_S)
+    tail = f"; events: {result.sent} sent"
+    return tail + (f", {result.left} still waiting ({result.error})" if result.left else "")
 
 
 def _wait_job(slurm, job_id: str, done, timeout_s: float, clock, sleep):
@@ -149,7 +171,7 @@ def _wait_job(slurm, job_id: str, done, timeout_s: float, clock, sleep):
     return job, True
 
 
-def _finish(env, config, slurm, job_id: str, clock, sleep) -> str:
+def _finish(env, config, slurm, job_id: str, clock, sleep, journal) -> str:
     from ajr_supervisor.state import StateStore
 
     store = StateStore(config.state_path(env.get("SLURM_JOB_WORK_DIR", ".")))
@@ -162,8 +184,10 @@ def _finish(env, config, slurm, job_id: str, clock, sleep) -> str:
     if (prev is not None and record.attempt(restarts) is None and prev.decision
             and prev.decision.get("verdict") in ("REQUEUE", "EXCLUDE_AND_REQUEUE")
             and (_hold_just_before(prev, env) or _requeued(slurm.show_job(job_id)))):
-        summary = _after_requeuehold(env, config, slurm, store, job_id, restarts - 1, allocation, clock, sleep)
-        return summary + _maybe_drain(env, config, slurm, store, job_id, restarts - 1, prev.decision, allocation)
+        summary = _after_requeuehold(env, config, slurm, store, job_id, restarts - 1, allocation, clock, sleep,
+                                     journal)
+        return summary + _maybe_drain(env, config, slurm, store, job_id, restarts - 1, prev.decision, allocation,
+                                      journal)
     # Any other end: wait until Slurm is done with the job, then see whether anybody decided.
     job, _ = _wait_job(slurm, job_id, lambda j: j.base_state != "COMPLETING", PENDING_TIMEOUT_S, clock, sleep)
     record = store.load(job_id)
@@ -172,7 +196,7 @@ def _finish(env, config, slurm, job_id: str, clock, sleep) -> str:
         return f"attempt {restarts} already decided by the supervisor ({attempt.decision['verdict']})"
     if job.base_state in ("CANCELLED", "COMPLETED", "PENDING", "RUNNING", "TIMEOUT", "PREEMPTED", "REQUEUED"):
         return f"attempt {restarts} ended {job.base_state}: nothing to do"
-    return _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, attempt)
+    return _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, attempt, journal)
 
 
 def _hold_just_before(attempt, env: Mapping[str, str]) -> bool:
@@ -191,7 +215,7 @@ def _requeued(job) -> bool:
     return job.base_state == "PENDING" or job.reason == "job_requeued_in_held_state"
 
 
-def _after_requeuehold(env, config, slurm, store, job_id, attempt_no, allocation, clock, sleep) -> str:
+def _after_requeuehold(env, config, slurm, store, job_id, attempt_no, allocation, clock, sleep, journal) -> str:
     record = store.load(job_id)
     attempt = record.attempt(attempt_no) if record else None
     decision = attempt.decision if attempt else None
@@ -222,11 +246,11 @@ def _after_requeuehold(env, config, slurm, store, job_id, attempt_no, allocation
         done.append("exclude " + ",".join(exclude))
     slurm.release(job_id)
     done.append("release")
-    _record_actions(store, job_id, attempt_no, done, dry_run=slurm.dry_run)
+    _record_actions(store, job_id, attempt_no, done, journal, dry_run=slurm.dry_run)
     return "finished the requeue the supervisor left half done: " + ", ".join(done)
 
 
-def _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, attempt) -> str:
+def _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, attempt, journal) -> str:
     """The supervisor left no decision: analyse the attempt's log and act as it would have."""
     from ajr_supervisor.detect.analyzer import LogAnalyzer
     from ajr_supervisor.enroll import effective_max_requeues, resolve
@@ -271,6 +295,10 @@ def _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, at
             rec.final = {"verdict": "STOP", "reason": decision.reason, "at": time.time(), "attempt": restarts}
 
     store.update(job_id, change)
+    decided = store.load(job_id).attempt(restarts)
+    journal.emit("attempt_ended", restarts, {"exit_code": None, "end_reason": decided.end_reason,
+                                            "failed": decided.failed}, when=decided.ended_at)
+    journal.emit("decision", restarts, {**decided.decision, "failure_at": decided.ended_at}, when=time.time())
     if decision.verdict not in (Verdict.REQUEUE, Verdict.EXCLUDE_AND_REQUEUE):
         return f"decided {decision.verdict.value} from the log: {decision.reason}"
     slurm.requeuehold(job_id)
@@ -280,13 +308,14 @@ def _decide_from_log(env, config, slurm, store, job_id, restarts, allocation, at
             store.update(job_id, lambda rec: setattr(rec, "excluded_nodes", sorted(set(exclude))))
     slurm.release(job_id)
     _record_actions(store, job_id, restarts, ["requeuehold"] + (["exclude"] if exclude else []) + ["release"],
-                    dry_run=slurm.dry_run)
+                    journal, dry_run=slurm.dry_run)
     recorded = store.load(job_id).attempt(restarts).decision
     return (f"decided {decision.verdict.value} from the log and requeued: {decision.reason}"
-            + _maybe_drain(env, config, slurm, store, job_id, restarts, recorded, allocation))
+            + _maybe_drain(env, config, slurm, store, job_id, restarts, recorded, allocation, journal))
 
 
-def _maybe_drain(env, config, slurm, store, job_id: str, attempt_no: int, decision: dict, allocation) -> str:
+def _maybe_drain(env, config, slurm, store, job_id: str, attempt_no: int, decision: dict, allocation,
+                 journal) -> str:
     """Admin mode: drain the nodes this decision excluded (breaker permitting). Returns a summary tail."""
     if not config.drain or not decision or decision.get("verdict") != "EXCLUDE_AND_REQUEUE":
         return ""
@@ -308,27 +337,34 @@ def _maybe_drain(env, config, slurm, store, job_id: str, attempt_no: int, decisi
     if not said:
         return ""
 
+    entries = [{"action": "drain", "ok": s.startswith("drained"), "at": time.time(),
+                "error": None if s.startswith("drained") else s, "detail": s, "by": "epilog",
+                "dry_run": slurm.dry_run} for s in said]
+
     def change(rec) -> None:
         a = rec.attempt(attempt_no)
         if a is not None:
-            a.actions.extend({"action": "drain", "ok": s.startswith("drained"), "at": time.time(), "error": None
-                              if s.startswith("drained") else s, "detail": s, "by": "epilog",
-                              "dry_run": slurm.dry_run} for s in said)
+            a.actions.extend(entries)
 
     store.update(job_id, change)
+    for entry in entries:
+        journal.emit("action", attempt_no, entry, when=entry["at"])
     return "; " + "; ".join(said)
 
 
-def _record_actions(store, job_id: str, attempt_no: int, actions: list[str], dry_run: bool = False) -> None:
+def _record_actions(store, job_id: str, attempt_no: int, actions: list[str], journal, dry_run: bool = False) -> None:
     now = time.time()
+    entries = [{"action": act.split()[0], "ok": True, "at": now, "error": None, "detail": act, "by": "epilog",
+                "dry_run": dry_run} for act in actions]
 
     def change(rec) -> None:
         a = rec.attempt(attempt_no)
         if a is not None:
-            a.actions.extend({"action": act.split()[0], "ok": True, "at": now, "error": None,
-                              "detail": act, "by": "epilog", "dry_run": dry_run} for act in actions)
+            a.actions.extend(entries)
 
     store.update(job_id, change)
+    for entry in entries:
+        journal.emit("action", attempt_no, entry, when=now)
 
 
 def _allowed(exclude, allocation, already) -> list[str]:

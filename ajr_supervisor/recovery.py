@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from ajr_supervisor.config import Config
 from ajr_supervisor.enroll import Enrollment
+from ajr_supervisor.journal import NULL, Journal
 from ajr_supervisor.slurm import Slurm, SlurmError
 from ajr_supervisor.state import JobRecord, StateStore
 from ajr_supervisor.types import Decision, Verdict
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 class Recovery:
     def __init__(self, slurm: Slurm, store: StateStore, job: "JobContext", attempt: int,
-                 enrollment: Enrollment, config: Config) -> None:
+                 enrollment: Enrollment, config: Config, journal: Journal = NULL) -> None:
+        self.journal = journal
         self.slurm = slurm
         self.store = store
         self.job = job
@@ -92,6 +94,7 @@ class Recovery:
                 a.actions.append(entry)
 
         self.store.update(self.job.job_id, change)
+        self.journal.emit("action", self.attempt, entry, when=t0)
         return error is None
 
     def stop_step(self, step) -> None:

@@ -38,12 +38,13 @@ from ajr_supervisor.detect.watch import ProgressWatch
 from ajr_supervisor.detect.srun import TASK_WRAPPER, NodeFailure, TaskEnd
 from ajr_supervisor.enroll import Enrollment, effective_max_requeues
 from ajr_supervisor.errors import AjrError
+from ajr_supervisor.journal import NULL, Journal
 from ajr_supervisor.logtail import LogFollower
 from ajr_supervisor.policy import PastAttempt, PolicyInput, decide
 from ajr_supervisor.recovery import Recovery
 from ajr_supervisor.rules import RuleSet
 from ajr_supervisor.slurm import Slurm, expand_hostlist
-from ajr_supervisor.state import Attempt, JobRecord, StateStore
+from ajr_supervisor.state import FAILURE_REASONS, Attempt, JobRecord, StateStore
 from ajr_supervisor.health import NodeHealth
 from ajr_supervisor.health.probe import component_of
 from ajr_supervisor.types import Action, Anomaly, Decision, Finding, LogLine, Trigger, Verdict
@@ -97,8 +98,10 @@ def log_file_name(job_name: str, job_id: str, when: float) -> str:
 class Supervisor:
     def __init__(self, job: JobContext, config: Config, enrollment: Enrollment, *, slurm: Slurm,
                  store: StateStore, rules: RuleSet, log_dir: Path,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 journal: Journal = NULL) -> None:
         self.job = job
+        self.journal = journal
         self.config = config
         self.enrollment = enrollment
         self.slurm = slurm
@@ -379,7 +382,8 @@ class Supervisor:
         self._record_decision(decision, step_failed=step_failed, findings=findings)
         if proc is not None and decision.finding is not None and decision.finding.anomaly == Anomaly.HANG:
             self._record_stacks(self._dump_stacks())
-        recovery = Recovery(self.slurm, self.store, self.job, self.attempt, self.enrollment, self.config)
+        recovery = Recovery(self.slurm, self.store, self.job, self.attempt, self.enrollment, self.config,
+                            self.journal)
         if decision.verdict == Verdict.NONE:
             self._end_attempt(exit_code, external or "failure", None)
             return None
@@ -417,6 +421,10 @@ class Supervisor:
             rec.attempts.sort(key=lambda a: a.attempt)
 
         self.store.update(job.job_id, change)
+        self.journal.emit("job_seen", None, {"enrollment": asdict(self.enrollment), "work_dir": job.work_dir,
+                                              "max_requeue_times": self.max_requeues}, when=started)
+        self.journal.emit("attempt_started", self.attempt, {"nodes": list(job.nodes), "host": socket.gethostname(),
+                                                            "log_path": str(log_path)}, when=started)
 
     def _current(self, rec: JobRecord) -> Attempt:
         a = rec.attempt(self.attempt)
@@ -430,11 +438,16 @@ class Supervisor:
         self.checkpoints.append(entry)
         self.info("checkpoint saved%s", f" (iteration {iteration})" if iteration is not None else "")
         self.store.update(self.job.job_id, lambda rec: self._current(rec).checkpoints.append(entry))
+        self.journal.emit("checkpoint", self.attempt, {"iteration": iteration, "line": entry["line"]},
+                          when=entry["time"])
 
     def _record_first_step(self) -> None:
         """The attempt's first progress line: when the restart began to pay (KPIs, restart cost)."""
         self._first_step_at = now = self.wall()
         self.store.update(self.job.job_id, lambda rec: setattr(self._current(rec), "first_step_at", now))
+        watch = self.watch
+        self.journal.emit("progress", self.attempt, {"first": True, "iteration": watch.iteration if watch else None},
+                          when=now)
 
     def _record_decision(self, decision: Decision, *, step_failed: bool, findings: Sequence[Finding] = ()) -> None:
         now = self.wall()
@@ -458,6 +471,32 @@ class Supervisor:
                 a.log_offset = self._follower.offset
 
         self.store.update(self.job.job_id, change)
+        self._report_decision(entry, decision, findings)
+
+    def _wall_of(self, t: float) -> float:
+        """A time of the supervisor's clock (line read times) on the wall clock."""
+        return self.wall() - (self.clock() - t)
+
+    def _report_decision(self, entry: dict, decision: Decision, findings: Sequence[Finding]) -> None:
+        """The decision and its evidence as registry events (anomalies, health, attribution, decision)."""
+        emit, attempt = self.journal.emit, self.attempt
+        reported = [f for f in (self.watch.findings if self.watch else []) if f not in findings]
+        for f in (list(findings) + reported)[:MAX_RECORDED_ANOMALIES]:
+            emit("anomaly", attempt, _finding_dict(f) | {"nodes": list(f.nodes)}, when=self._wall_of(f.time))
+        for node, h in sorted(self.health.items()):
+            if h.state.value != "GOOD":
+                emit("node_health", attempt, {"node": node, "state": h.state.value,
+                                              "checks": [c for c in h.to_dict()["checks"] if c["state"] != "GOOD"]})
+        if entry["attribution"]:
+            emit("attribution", attempt, entry["attribution"])
+        failure_at = None
+        f = decision.finding
+        if decision.verdict != Verdict.NONE and f is not None:
+            started = self.watch.hang.last_line_at if f.anomaly == Anomaly.HANG and self.watch else f.time
+            failure_at = self._wall_of(min(started, f.time))
+        emit("decision", attempt, {"verdict": entry["verdict"], "reason": entry["reason"],
+                                   "exclude": entry["exclude"], "failure_at": failure_at, "by": "supervisor",
+                                   "dry_run": entry["dry_run"]}, when=entry["decided_at"])
 
     def _dump_stacks(self) -> dict[str, str]:
         """Hang evidence before the kill: ``py-spy dump`` of every rank, run on each node through
@@ -521,6 +560,8 @@ class Supervisor:
                 rec.final = {"verdict": "STOP", "reason": decision.reason, "at": now, "attempt": self.attempt}
 
         self.store.update(self.job.job_id, change)
+        self.journal.emit("attempt_ended", self.attempt, {"exit_code": exit_code, "end_reason": reason,
+                                                          "failed": reason in FAILURE_REASONS}, when=now)
 
 
 def parse_probe_output(output: str) -> dict[str, NodeHealth]:

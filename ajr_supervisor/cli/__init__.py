@@ -32,7 +32,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from ajr_supervisor.cli import analyze, drain, hooks, lab, probe, run, status
+    from ajr_supervisor.cli import analyze, drain, hooks, lab, outbox, probe, registry_client, run, status
 
     cli.add_command(run.run)
     cli.add_command(analyze.analyze)
@@ -40,6 +40,9 @@ def _register() -> None:
     cli.add_command(probe.probe)
     cli.add_command(status.status)
     cli.add_command(lab.lab)
+    cli.add_command(outbox.outbox)
+    for command in registry_client.COMMANDS:
+        cli.add_command(command)
     for command in hooks.COMMANDS:
         cli.add_command(command)
 

@@ -101,6 +101,7 @@ def _run_in_job(job_id: str, config, srun_args: list[str], command: list[str], a
     from ajr_supervisor.errors import AjrError
     from ajr_supervisor.rules import RuleSet
     from ajr_supervisor.slurm import Slurm
+    from ajr_supervisor.journal import open_journal
     from ajr_supervisor.state import StateStore
     from ajr_supervisor.supervisor import JobContext, Supervisor
 
@@ -132,10 +133,16 @@ def _run_in_job(job_id: str, config, srun_args: list[str], command: list[str], a
     try:
         rules = RuleSet.load(config.rules_files, config.checkpoint_patterns)
         store = StateStore(config.state_path(job.work_dir))
-        supervisor = Supervisor(job, config, enrollment, slurm=slurm, store=store, rules=rules, log_dir=log_dir)
-        if attach:
-            return supervisor.attach(Path(attach).absolute())
-        return supervisor.run(srun_args, command)
+        journal = open_journal(config, job.work_dir, {"job_id": job.job_id, "job_name": job.name,
+                                                      "user": job.user, "partition": job.partition})
+        supervisor = Supervisor(job, config, enrollment, slurm=slurm, store=store, rules=rules, log_dir=log_dir,
+                                journal=journal)
+        try:
+            if attach:
+                return supervisor.attach(Path(attach).absolute())
+            return supervisor.run(srun_args, command)
+        finally:
+            journal.close(flush_s=2.0)
     except AjrError as exc:
         if "supervisor" in locals() and getattr(supervisor, "_follower", None) is not None:
             raise  # the step is already running: a failure now is a real error

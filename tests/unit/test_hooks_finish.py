@@ -380,3 +380,33 @@ def test_an_old_requeuehold_does_not_make_a_later_failure_look_like_a_requeue(se
     summary = setup.finish(Cluster(FAILED), AJR_EPILOG_AT="40.0", SLURM_JOB_RESTART_COUNT="1",
                            SLURM_JOB_EXIT_CODE2="1:0", SLURM_JOB_NODELIST="node[3-4]")
     assert summary.startswith("decided REQUEUE from the log and requeued")
+
+
+def test_epilog_events_and_the_supervisors_backlog_reach_the_registry(setup):
+    """The supervisor was killed with events still in the outbox; the epilog's child decides from
+    the log, records its decision and actions as events, and sends everything that waits."""
+    from ajr_supervisor.events import make_event
+    from ajr_supervisor.outbox import Outbox
+    from tests.unit.test_outbox import FakeRegistry
+
+    registry = FakeRegistry()
+    try:
+        setup.config.write_text(f"registry_url: {registry.url}\ncluster_name: lab\n")
+        outbox = Outbox(setup.work_dir / ".ajr" / "outbox", url=None, token=None)
+        left = make_event("attempt_started", cluster="lab", job_id=JOB, attempt=0, data={"nodes": ["node1"]})
+        assert outbox.put(left)
+        log = setup.write_log("kill_on_bad_exit_cascade.log", "anywhere.log")
+        setup.store.update(JOB, lambda rec: rec.attempts.append(
+            Attempt(attempt=0, started_at=1.0, nodes=["node1", "node2"], log_path=str(log))))
+        summary = setup.finish(Cluster(COMPLETING_HELD, FAILED), SLURM_JOB_RESTART_COUNT="0",
+                               SLURM_JOB_EXIT_CODE2="0:9", AJR_REGISTRY_TOKEN="tok")
+        assert summary.endswith("; events: 6 sent"), summary
+        sent = [e for body in registry.bodies for e in body["events"]]
+        assert sent[0]["id"] == left["id"]
+        assert [e["type"] for e in sent[1:]] == ["attempt_ended", "decision", "action", "action", "action"]
+        assert all(e["source"] == "epilog" and e["cluster"] == "lab" and e["user"] == "alice" for e in sent[1:])
+        assert sent[2]["data"]["verdict"] == "EXCLUDE_AND_REQUEUE" and sent[2]["data"]["by"] == "epilog"
+        assert registry.headers[0]["Authorization"] == "Bearer tok"
+        assert outbox.backlog() == 0
+    finally:
+        registry.stop()

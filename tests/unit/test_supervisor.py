@@ -25,6 +25,8 @@ import pytest
 from ajr_supervisor.config import Config
 from ajr_supervisor.detect.srun import TASK_WRAPPER
 from ajr_supervisor.enroll import Enrollment
+from ajr_supervisor.journal import NULL, Journal
+from ajr_supervisor.outbox import Outbox
 from ajr_supervisor.rules import RuleSet
 from ajr_supervisor.slurm import Completed, Slurm
 from ajr_supervisor.state import Attempt, StateStore
@@ -172,7 +174,7 @@ def env(tmp_path, rules):
         log_dir = tmp_path / "logs"
 
         def supervisor(self, *, dry_run=False, restarts=0, enrollment=None, nodes=("node1", "node2"),
-                       answers=None, **config) -> tuple[Supervisor, FakeSlurm]:
+                       answers=None, journal=NULL, **config) -> tuple[Supervisor, FakeSlurm]:
             slurm = FakeSlurm(script, nodes, dry_run=dry_run, answers=answers)
             made.append(slurm)
             # the node probe (srun --overlap ajr probe) has its own tests below
@@ -181,7 +183,7 @@ def env(tmp_path, rules):
             job = JobContext(job_id=JOB, name="train", user="alice", partition="lab", work_dir=str(tmp_path),
                              nodes=tuple(nodes), restarts=restarts, comment='{"APS": {}}')
             sup = Supervisor(job, Config(**config), enrollment or Enrollment(), slurm=slurm, store=self.store,
-                             rules=rules, log_dir=self.log_dir)
+                             rules=rules, log_dir=self.log_dir, journal=journal)
             return sup, slurm
 
         def record(self):
@@ -667,3 +669,26 @@ def test_first_step_is_recorded(env):
     rc, _ = run(sup, bash(STEPS))
     [a] = env.record().attempts
     assert rc == 0 and before <= a.first_step_at <= a.ended_at
+
+
+def test_every_step_of_a_recovery_is_an_event_in_the_outbox(env, tmp_path):
+    outbox = Outbox(tmp_path / "outbox", url=None, token=None)
+    journal = Journal(outbox, cluster="lab", job_id=JOB, job_name="train", user="alice", partition="lab")
+    sup, _ = env.supervisor(journal=journal)
+    rc, _ = run(sup, bash(STEPS.replace("seq 1 40", "seq 1 3") + 'echo "Saved checkpoint to /ckpt/3"; '
+                          'echo "RuntimeError: CUDA error: an illegal memory access was encountered" >&2; exit 1'))
+    assert rc == EXIT_REQUEUED
+    files = sorted((tmp_path / "outbox").glob("*.json"))
+    sent = [json.loads(f.read_text()) for f in files]
+    assert [e["id"] for e in sent] == [e["id"] for e in journal.sent]          # on disk, in order
+    types = [e["type"] for e in sent]
+    assert types[:3] == ["job_seen", "attempt_started", "progress"] and types[-1] == "action"
+    for t in ("checkpoint", "anomaly", "attribution", "decision", "attempt_ended"):
+        assert t in types, types
+    assert [e["data"]["action"] for e in sent if e["type"] == "action"] == ["requeuehold", "release"]
+    decision = next(e for e in sent if e["type"] == "decision")
+    assert decision["data"]["verdict"] == "REQUEUE" and decision["attempt"] == 0
+    assert decision["data"]["failure_at"] <= decision["time"]
+    assert all(e["cluster"] == "lab" and e["job_id"] == JOB and e["user"] == "alice" for e in sent)
+    ended = next(e for e in sent if e["type"] == "attempt_ended")
+    assert ended["data"]["end_reason"] == "requeued" and ended["data"]["failed"] is True
