@@ -46,6 +46,8 @@ bench: deps
 	$(BIN)/python benchmarks/attribution.py
 	$(BIN)/python benchmarks/detectors.py
 	$(BIN)/python benchmarks/telemetry.py
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/outbox.py
 	$(BIN)/python benchmarks/matcher.py
 	$(BIN)/python benchmarks/recovery.py
 
