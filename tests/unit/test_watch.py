@@ -34,23 +34,23 @@ def watch(**config) -> ProgressWatch:
 # --- stragglers ------------------------------------------------------------------------------------
 
 def test_exclude_ends_at_once_report_never():
-    t, found = feed_steps(watch(straggler_action="exclude"), 1, 40, 0.0)
+    _, found = feed_steps(watch(straggler_action="exclude"), 1, 40, 0.0)
     assert found is not None and found.nodes == ("node2",)
     w = watch(straggler_action="report")
-    t, found = feed_steps(w, 1, 40, 0.0)
+    _, found = feed_steps(w, 1, 40, 0.0)
     assert found is None and [f.nodes for f in w.findings] == [("node2",)] and not w.pending
 
 
 def test_auto_excludes_a_long_run():
     w = watch()
-    t, found = feed_steps(w, 1, 40, 0.0, total=1_000_000)
+    _, found = feed_steps(w, 1, 40, 0.0, total=1_000_000)
     assert found is not None and found.nodes == ("node2",)
     assert "> restart cost" in w.notes[-1]
 
 
 def test_auto_keeps_a_node_near_the_end_of_the_run():
     w = watch()
-    t, found = feed_steps(w, 1, 40, 0.0, total=100)
+    _, found = feed_steps(w, 1, 40, 0.0, total=100)
     assert found is None and w.pending and w.findings
     # 25% of 0.1 s for at most 85 steps left is about 2 s: far less than a 300 s restart
     assert "<= restart cost" in w.notes[-1]
@@ -77,7 +77,7 @@ def test_auto_forgets_a_node_that_recovered():
 
 def test_remaining_steps_from_the_time_limit():
     w = ProgressWatch(Config(), 0.0, hang_timeout_s=120.0, remaining_s=lambda: 60.0)
-    t, found = feed_steps(w, 1, 40, 0.0)
+    _, found = feed_steps(w, 1, 40, 0.0)
     assert found is None and "600 steps left" in w.notes[-1]
     assert w.remaining_steps(0.1) == 600
 
