@@ -48,6 +48,7 @@ bench: deps
 	$(BIN)/python benchmarks/telemetry.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/outbox.py
+	$(BIN)/python benchmarks/registry.py
 	$(BIN)/python benchmarks/matcher.py
 	$(BIN)/python benchmarks/recovery.py
 

@@ -33,6 +33,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     from ajr_supervisor.cli import analyze, drain, hooks, lab, outbox, probe, registry_client, run, status
+    from ajr_supervisor.cli import registry as registry_cmd
 
     cli.add_command(run.run)
     cli.add_command(analyze.analyze)
@@ -41,6 +42,7 @@ def _register() -> None:
     cli.add_command(status.status)
     cli.add_command(lab.lab)
     cli.add_command(outbox.outbox)
+    cli.add_command(registry_cmd.registry)
     for command in registry_client.COMMANDS:
         cli.add_command(command)
     for command in hooks.COMMANDS:
