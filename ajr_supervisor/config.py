@@ -81,6 +81,7 @@ class Config:
     registry_url: str | None = None      # e.g. http://registry:8787 ; None: no events are sent
     registry_token_file: str | None = None  # a file holding a "supervisor" token (else $AJR_REGISTRY_TOKEN)
     outbox_dir: str | None = None        # None: "<state_dir>/outbox"
+    exclude_lemons: bool = False         # a requeue also excludes the allocation's lemon nodes (registry)
     # Admin mode (EpilogSlurmctld, as SlurmUser): drain the nodes ajr excludes, behind a breaker.
     drain: bool = False
     drain_max_per_hour: int = 2          # at most this many drains by ajr in any hour, cluster-wide
@@ -158,6 +159,7 @@ _SPECS: dict[str, _Spec] = {
     "registry_url": _Spec("path"),
     "registry_token_file": _Spec("path"),
     "outbox_dir": _Spec("path"),
+    "exclude_lemons": _Spec("bool"),
     "drain": _Spec("bool"),
     "drain_max_per_hour": _Spec("int", 0, example="2"),
     "drain_max_fraction": _Spec("float", 0, True, "0.1"),

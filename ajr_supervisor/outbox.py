@@ -373,6 +373,26 @@ def from_config(config: Any, work_dir: str | os.PathLike, env: Mapping[str, str]
                   token=token or env.get("AJR_REGISTRY_TOKEN") or None)
 
 
+def fetch_lemons(url: str | None, token: str | None, timeout_s: float = 3.0) -> list[str] | None:
+    """The registry's lemon nodes (``GET /api/v1/lemons``), or None when they cannot be known (no
+    registry, refused, down, a bad answer): one warning, and the job runs without them."""
+    if not url:
+        return None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        answer = requests.get(url.rstrip("/") + "/api/v1/lemons", headers=headers, timeout=timeout_s,
+                              allow_redirects=False)
+        nodes = answer.json().get("nodes") if answer.ok else None
+    except (requests.RequestException, ValueError, AttributeError) as exc:
+        log.warning("cannot read the lemon nodes from %s (%s); no lemon is excluded", url, _why(exc))
+        return None
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        log.warning("cannot read the lemon nodes from %s (%s); no lemon is excluded", url,
+                    f"HTTP {answer.status_code}: {_detail(answer)}" if not answer.ok else "unexpected answer")
+        return None
+    return nodes
+
+
 def _encode(event: dict) -> bytes:
     try:
         return json.dumps(event, separators=(",", ":"), allow_nan=False, default=str).encode()
@@ -416,4 +436,4 @@ def _why(exc: Exception) -> str:
 
 from ajr_supervisor.deliverer import Deliverer  # noqa: E402  (the thread that empties an Outbox)
 
-__all__ = ["EVENTS_PATH", "DeliveryResult", "Deliverer", "Outbox", "from_config"]
+__all__ = ["EVENTS_PATH", "DeliveryResult", "Deliverer", "Outbox", "fetch_lemons", "from_config"]

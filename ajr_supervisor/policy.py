@@ -13,6 +13,8 @@ Pure: plain data in, a :class:`~ajr_supervisor.types.Decision` out. The rules, i
 6. STOP on a crash loop: ``crash_loop_attempts`` attempts in a row failed without a new checkpoint.
 7. EXCLUDE_AND_REQUEUE when the evidence names nodes of this allocation; the exclusion list is the
    union with earlier exclusions (Slurm's update replaces the list). Otherwise REQUEUE.
+8. With ``exclude_lemons``, a requeue also excludes the allocation's lemon nodes (the registry's
+   list of nodes with repeated attributed failures across jobs).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class PolicyInput:
     allocation: Sequence[str] = ()            # this attempt's nodes
     excluded: Sequence[str] = ()              # nodes excluded by earlier decisions
     ended_externally: str = ""                # non-empty: why Slurm or the user ended it
+    lemons: Sequence[str] = ()                # the registry's lemon nodes, excluded on a requeue
     details: dict = field(default_factory=dict)
 
 
@@ -96,7 +99,11 @@ def decide(inp: PolicyInput) -> Decision:
                         f"(limit {inp.crash_loop_attempts}): {finding.reason}",
                         exclude=exclude_before, finding=finding)
     bad = [n for n in finding.nodes if n in set(inp.allocation)] if finding.action == Action.EXCLUDE_NODE_AND_REQUEUE else []
-    if bad:
-        return Decision(Verdict.EXCLUDE_AND_REQUEUE, f"{finding.reason}; excluding {', '.join(bad)}",
-                        exclude=tuple(sorted(set(inp.excluded) | set(bad))), finding=finding)
+    lemons = [n for n in inp.lemons if n in set(inp.allocation) and n not in bad]
+    reason = finding.reason + (f"; excluding {', '.join(bad)}" if bad else "")
+    if lemons:
+        reason += f"; excluding lemon node{'s' if len(lemons) > 1 else ''} {', '.join(lemons)} (registry)"
+    if bad or lemons:
+        return Decision(Verdict.EXCLUDE_AND_REQUEUE, reason,
+                        exclude=tuple(sorted(set(inp.excluded) | set(bad) | set(lemons))), finding=finding)
     return Decision(Verdict.REQUEUE, finding.reason, exclude=exclude_before, finding=finding)

@@ -99,8 +99,9 @@ class Supervisor:
     def __init__(self, job: JobContext, config: Config, enrollment: Enrollment, *, slurm: Slurm,
                  store: StateStore, rules: RuleSet, log_dir: Path,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 journal: Journal = NULL) -> None:
+                 journal: Journal = NULL, lemons: Sequence[str] = ()) -> None:
         self.job = job
+        self.lemons = tuple(lemons)         # the registry's lemon nodes (exclude_lemons), excluded on a requeue
         self.journal = journal
         self.config = config
         self.enrollment = enrollment
@@ -377,7 +378,7 @@ class Supervisor:
             findings=findings, step_failed=step_failed, restarts=self.attempt, max_requeues=self.max_requeues,
             crash_loop_attempts=self.config.crash_loop_attempts, new_checkpoint=bool(self.checkpoints),
             previous=previous, allocation=self.job.nodes, excluded=record.excluded_nodes,
-            ended_externally=external))
+            ended_externally=external, lemons=self.lemons))
         self.info("decision %s: %s", decision.verdict.value, decision.reason)
         self._record_decision(decision, step_failed=step_failed, findings=findings)
         if proc is not None and decision.finding is not None and decision.finding.anomaly == Anomaly.HANG:

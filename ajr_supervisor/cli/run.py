@@ -135,8 +135,9 @@ def _run_in_job(job_id: str, config, srun_args: list[str], command: list[str], a
         store = StateStore(config.state_path(job.work_dir))
         journal = open_journal(config, job.work_dir, {"job_id": job.job_id, "job_name": job.name,
                                                       "user": job.user, "partition": job.partition})
+        lemons = _lemons(config, journal) if config.exclude_lemons else []
         supervisor = Supervisor(job, config, enrollment, slurm=slurm, store=store, rules=rules, log_dir=log_dir,
-                                journal=journal)
+                                journal=journal, lemons=lemons)
         try:
             if attach:
                 return supervisor.attach(Path(attach).absolute())
@@ -147,6 +148,17 @@ def _run_in_job(job_id: str, config, srun_args: list[str], command: list[str], a
         if "supervisor" in locals() and getattr(supervisor, "_follower", None) is not None:
             raise  # the step is already running: a failure now is a real error
         return _unsupervised(slurm, job_id, job.name, log_dir, srun_args, command, exc.one_line())
+
+
+def _lemons(config, journal) -> list[str]:
+    """exclude_lemons: the registry's lemon nodes, read once at start (none when unknown)."""
+    from ajr_supervisor.outbox import fetch_lemons
+
+    outbox = journal.outbox
+    nodes = fetch_lemons(config.registry_url, outbox.token if outbox is not None else None) or []
+    if nodes:
+        log.info("lemon nodes (registry), excluded on a requeue: %s", ",".join(nodes))
+    return nodes
 
 
 def _unsupervised(slurm, job_id: str, job_name: str, log_dir: Path, srun_args: list[str],

@@ -25,6 +25,7 @@ from ajr_supervisor.registry.auth import Principal
 from ajr_supervisor.registry.ingest import MAX_EVENTS_PER_REQUEST
 from ajr_supervisor.registry.ingest import Request as IngestRequest
 from ajr_supervisor.registry.models import NOTIFICATION_STATUSES, STATES
+from ajr_supervisor.registry.reputation import lemons
 from ajr_supervisor.registry.stats import REPUTATION_TYPES, Unavailable
 
 NO_NUL = r"^[^\x00]*$"
@@ -242,6 +243,16 @@ def get_nodes(request: Request, who: Reader, lemon: bool | None = None) -> dict:
         raise _unavailable(exc) from None
     nodes = sorted(reps.values(), key=lambda r: (-r.score, r.node))
     return {"nodes": [asdict(r) for r in nodes if lemon is None or r.lemon == lemon]}
+
+
+@router.get("/api/v1/lemons", tags=["nodes"])
+def get_lemons(request: Request, who: Annotated[Principal, Depends(role("supervisor", "user", "admin"))]) -> dict:
+    """The lemon nodes' names, worst first: all a supervisor may read (``exclude_lemons``)."""
+    try:
+        reps = ctx(request).stats.reputation()
+    except Unavailable as exc:
+        raise _unavailable(exc) from None
+    return {"nodes": lemons(reps)}
 
 
 @router.get("/api/v1/nodes/{node}", tags=["nodes"])

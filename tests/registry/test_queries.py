@@ -103,3 +103,5 @@ def test_nodes_reputation_and_lemons(registry):
     assert registry.get("/api/v1/nodes/n1").json()["reputation"] is None      # ran jobs, never failed
     assert registry.get("/api/v1/nodes/zz").status_code == 404
     assert registry.get("/api/v1/nodes/n9", who="alice").status_code == 403
+    assert registry.get("/api/v1/lemons", who="supervisor").json() == {"nodes": ["n9"]}   # all it may read
+    assert registry.get("/api/v1/nodes", who="supervisor").status_code == 403

@@ -648,3 +648,39 @@ def test_from_config_with_an_unreadable_token_file_warns_and_uses_the_environmen
     assert "cannot read the registry token file" in caplog.text
     assert from_config(Config(), tmp_path, env={}).token is None
     assert from_config(Config(), tmp_path, env={}).url is None
+
+
+def test_fetch_lemons_reads_the_registrys_list_and_never_raises(closed_port):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ajr_supervisor.outbox import fetch_lemons
+
+    answers = {"/api/v1/lemons": (200, b'{"nodes": ["n9", "n2"]}')}
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            status, body = answers.get(self.path, (404, b'{"detail": "Not Found"}'))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert fetch_lemons(url + "/", "tok") == ["n9", "n2"] and seen == ["Bearer tok"]
+        answers["/api/v1/lemons"] = (403, b'{"detail": "a user token may not do this"}')
+        assert fetch_lemons(url, "tok") is None
+        answers["/api/v1/lemons"] = (200, b"not json")
+        assert fetch_lemons(url, "tok") is None
+        assert fetch_lemons(f"http://127.0.0.1:{closed_port}", "tok", timeout_s=1) is None
+        assert fetch_lemons(None, "tok") is None
+    finally:
+        server.shutdown()
+        server.server_close()

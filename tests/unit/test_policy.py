@@ -272,3 +272,16 @@ def test_more_severe_exclusion_wins_over_earlier_requeue():
     later = finding(Action.EXCLUDE_NODE_AND_REQUEUE, 2, AT_EXIT, nodes=["node1"])
     d = decide(inp([early, later]))
     assert d.verdict == Verdict.EXCLUDE_AND_REQUEUE and d.exclude == ("node1",)
+
+
+def test_a_requeue_also_excludes_the_allocations_lemon_nodes():
+    from ajr_supervisor.policy import PolicyInput, decide
+    from ajr_supervisor.types import Action, Anomaly, Component, Finding, Verdict
+
+    crash = Finding(Anomaly.CRASH, Component.UNKNOWN, Action.REQUEUE, 1.0, "exit 1")
+    base = dict(findings=[crash], step_failed=True, restarts=0, max_requeues=5, crash_loop_attempts=3,
+                new_checkpoint=True, allocation=("n1", "n2"), excluded=("n7",))
+    d = decide(PolicyInput(**base, lemons=("n9", "n2")))
+    assert d.verdict == Verdict.EXCLUDE_AND_REQUEUE and d.exclude == ("n2", "n7")
+    assert d.reason == "exit 1; excluding lemon node n2 (registry)"
+    assert decide(PolicyInput(**base, lemons=("n9",))).verdict == Verdict.REQUEUE

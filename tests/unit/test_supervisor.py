@@ -692,3 +692,13 @@ def test_every_step_of_a_recovery_is_an_event_in_the_outbox(env, tmp_path):
     assert all(e["cluster"] == "lab" and e["job_id"] == JOB and e["user"] == "alice" for e in sent)
     ended = next(e for e in sent if e["type"] == "attempt_ended")
     assert ended["data"]["end_reason"] == "requeued" and ended["data"]["failed"] is True
+
+
+def test_lemon_nodes_of_the_allocation_are_excluded_on_a_requeue(env):
+    sup, slurm = env.supervisor(nodes=("node1", "node2"))
+    sup.lemons = ("node2", "node9")
+    rc, _ = run(sup, bash("exit 3"))
+    assert rc == EXIT_REQUEUED
+    assert ["scontrol", "update", f"JobId={JOB}", "ExcNodeList=node2"] in slurm.commands
+    [a] = env.record().attempts
+    assert a.decision["verdict"] == "EXCLUDE_AND_REQUEUE" and "lemon node node2 (registry)" in a.decision["reason"]
