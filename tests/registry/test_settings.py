@@ -51,3 +51,16 @@ def test_db_urls():
     assert db_url("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
     with pytest.raises(SettingsError, match="unsupported database URL"):
         db_url("mysql://u@h/d")
+
+
+def test_etc_registry_yaml_lists_every_key_with_its_default():
+    from dataclasses import fields
+    from pathlib import Path
+
+    import yaml
+
+    from ajr_supervisor.registry.settings import Settings, load_settings
+
+    path = Path(__file__).parents[2] / "etc" / "registry.yaml"
+    assert set(yaml.safe_load(path.read_text())) == {f.name for f in fields(Settings)}
+    assert load_settings(path) == Settings()
