@@ -16,9 +16,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
-import yaml
 
 from ajr_supervisor.errors import UsageError
+from ajr_supervisor.yamlfile import read_mapping
 
 DEFAULT_CONFIG_PATH = Path("/etc/ajr/ajr.yaml")
 #: ``AJR_*`` variables that are not config fields (tools, tests, hooks); never reported as unknown.
@@ -196,30 +196,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
 
 
 def _read_file(path: Path, label: str, explicit: bool) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if not explicit:
-            return {}
-        raise ConfigError(f"{label}: config file not found",
-                          "create it, or name an existing file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"{path}: cannot read the config file ({why})",
-                          "make it a readable UTF-8 YAML file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}", "fix the syntax there "
-                          "(indent with spaces; quote values containing ': ' or ' #')") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level is a {type(data).__name__}, not a mapping",
-                          "write one 'key: value' per line, e.g. 'hang_timeout_s: 120'")
+    data = read_mapping(path, error=ConfigError, what="config file", label=label, explicit=explicit)
     values: dict[str, Any] = {}
     for key, raw in data.items():
         if key not in _SPECS:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from ajr_supervisor.errors import UsageError
+from ajr_supervisor.yamlfile import read_mapping
 
 DEFAULT_SETTINGS_PATH = Path("/etc/ajr/registry.yaml")
 DEFAULT_DB = "/var/lib/ajr/registry.db"
@@ -142,28 +142,7 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
 
 def read_file(path: Path, *, explicit: bool = True) -> dict[str, Any]:
     """The file's settings, checked key by key (unknown keys are errors)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if not explicit:
-            return {}
-        raise SettingsError(f"{path}: registry config file not found", "create it, or name an existing file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise SettingsError(f"{path}: cannot read the registry config ({why})",
-                            "make it a readable UTF-8 YAML file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
-        raise SettingsError(f"{path}: not valid YAML{where}: {problem}", "fix the syntax there") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"{path}: the top level is a {type(data).__name__}, not a mapping",
-                            "write one 'key: value' per line, e.g. 'port: 8787'")
+    data = read_mapping(path, error=SettingsError, what="registry config", explicit=explicit, example="port: 8787")
     unknown = sorted(str(k) for k in data if k not in _KINDS)
     if unknown:
         raise SettingsError(f"{path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
