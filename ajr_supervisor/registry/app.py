@@ -7,6 +7,7 @@ pass a fake Slurm and a fake clock; the CLI builds the real ones.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -66,6 +67,11 @@ def create_app(settings: Settings, *, slurm: Any = None, clock: Callable[[], flo
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        # What exists now (modules, the app, the engines: most of the heap) lives as long as the
+        # service: take it out of the cyclic GC's scans, or every full collection walks it all (tens of
+        # ms during which no request moves: the ingest p99). Given back to the GC at shutdown.
+        gc.collect()
+        gc.freeze()
         tasks = []
         if background:
             tasks = [asyncio.create_task(run_periodically("watchdog", context.watchdog.run_once,
@@ -79,6 +85,7 @@ def create_app(settings: Settings, *, slurm: Any = None, clock: Callable[[], flo
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.to_thread(context.writer.close)
+            gc.unfreeze()
 
     docs = settings.docs_open
     app = FastAPI(title="ajr registry", version=__version__, lifespan=lifespan,

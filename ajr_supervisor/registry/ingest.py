@@ -16,24 +16,21 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Protocol, Sequence
 
-from sqlalchemy import Connection, bindparam, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection
 
 from ajr_supervisor.events import MAX_EVENT_BYTES, EventError, validate
 from ajr_supervisor.registry import projection
 from ajr_supervisor.registry.db import Database
-from ajr_supervisor.registry.models import attempts, events, jobs, notifications, senders
+from ajr_supervisor.registry.models import attempts, jobs, notifications
 
 MAX_EVENTS_PER_REQUEST = 1000
 _LIMITS = {"cluster": 64, "user": 64, "partition": 64, "job_name": 256}
 _JOB_COLUMNS = [c.name for c in jobs.columns if c.name != "id"]
 _ATTEMPT_COLUMNS = [c.name for c in attempts.columns if c.name != "id"]
-_UPDATE_JOB = update(jobs).where(jobs.c.id == bindparam("_id")).values(
-    {c: bindparam("b_" + c) for c in _JOB_COLUMNS})
-_UPDATE_ATTEMPT = update(attempts).where(attempts.c.id == bindparam("_id")).values(
-    {c: bindparam("b_" + c) for c in _ATTEMPT_COLUMNS})
+_EVENT_COLUMNS = ["id", "type", "time", "cluster", "job_id", "attempt", "source", "received_at", "body"]
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)   # what json.dumps(..., same options) does
 
 
 class Planner(Protocol):
@@ -65,7 +62,7 @@ def check_event(raw: Any) -> tuple[dict, str]:
     if not event["cluster"]:
         raise EventError("event field 'cluster' is empty")
     try:
-        body = json.dumps(event, separators=(",", ":"), allow_nan=False)
+        body = _ENCODER.encode(event)
     except ValueError:
         raise EventError("event contains NaN or Infinity, which JSON does not allow") from None
     if "\\u0000" in body:
@@ -73,10 +70,6 @@ def check_event(raw: Any) -> tuple[dict, str]:
     if len(body.encode()) > MAX_EVENT_BYTES:
         raise EventError(f"event is larger than {MAX_EVENT_BYTES // 1024} KiB")
     return event, body
-
-
-def _insert(conn: Connection, table):
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 @dataclass
@@ -132,10 +125,7 @@ def ingest_many(db: Database, requests: Sequence[Request], *, now: float,
             if rows:
                 conn.execute(notifications.insert(), rows)
         if backlogs:
-            stmt = _insert(conn, senders)
-            conn.execute(stmt.on_conflict_do_update(index_elements=["host"], set_={
-                "backlog": stmt.excluded.backlog, "updated_at": stmt.excluded.updated_at}),
-                [{"host": h, "backlog": b, "updated_at": now} for h, b in sorted(backlogs.items())])
+            store_senders(conn, backlogs, now=now)
     return results
 
 
@@ -201,31 +191,127 @@ class GroupWriter:
             future.set_result(result)
 
 
+class _Sql:
+    """Ingest's statements as SQL text for one dialect, run through ``exec_driver_sql``: no statement
+    building or per-row parameter processing in SQLAlchemy (the hot path's main cost), yet the same
+    connection, transaction and error handling (SQLAlchemy's exceptions, disconnect detection).
+
+    PostgreSQL: one statement per table and batch whatever its size, the rows passed as ONE JSON
+    parameter that the server turns into rows of the table's own types (``json_populate_recordset``):
+    the SQL text never changes (psycopg parses it once, the server prepares it) and no parameter is
+    adapted row by row in Python. SQLite: multi-row ``VALUES`` (at most ``MAX_PARAMS`` parameters a
+    statement) and ``executemany``, which cost it nothing extra per statement."""
+
+    MAX_PARAMS = 30000   # SQLite >= 3.32 allows 32766
+    _TABLES: ClassVar[dict] = {"events": (_EVENT_COLUMNS, "ON CONFLICT (id) DO NOTHING RETURNING id"),
+               "jobs": (_JOB_COLUMNS, "ON CONFLICT (cluster, job_id) DO NOTHING"),
+               "attempts": (_ATTEMPT_COLUMNS, ""),
+               "senders": (["host", "backlog", "updated_at"],
+                           "ON CONFLICT (host) DO UPDATE SET backlog = excluded.backlog, updated_at = excluded.updated_at")}
+    _KEYS: ClassVar[dict] = {"jobs": ("cluster", "job_id"), "attempts": ("job_pk", "attempt")}
+    _TABLE_COLUMNS: ClassVar[dict] = {"jobs": [c.name for c in jobs.columns], "attempts": [c.name for c in attempts.columns]}
+
+    def __init__(self, conn: Connection) -> None:
+        self.pg = conn.dialect.name == "postgresql"
+        q = conn.dialect.identifier_preparer.quote
+        self.columns = {name: columns for name, (columns, _) in self._TABLES.items()}
+        self.inserts, self.selects, self.updates = {}, {}, {}
+        for name, (columns, tail) in self._TABLES.items():
+            names = ", ".join(q(c) for c in columns)
+            if self.pg:
+                self.inserts[name] = (f"INSERT INTO {name} ({names}) SELECT {names} FROM "
+                                      f"json_populate_recordset(NULL::{name}, %s) {tail}").rstrip()
+            else:
+                self.inserts[name] = (f"INSERT INTO {name} ({names}) VALUES {{}} {tail}".rstrip(),
+                                      "(" + ", ".join("?" for _ in columns) + ")", len(columns))
+            if name in self._KEYS:
+                every = ", ".join(f"{name}.{q(c)}" for c in self._TABLE_COLUMNS[name])
+                a, b = self._KEYS[name]
+                if self.pg:
+                    self.selects[name] = (f"SELECT {every} FROM {name} WHERE ({a}, {b}) IN (SELECT {a}, {b} FROM "
+                                          f"json_populate_recordset(NULL::{name}, %s))"
+                                          + (" ORDER BY cluster, job_id FOR UPDATE" if name == "jobs" else ""))
+                    sets = ", ".join(f"{q(c)} = v.{q(c)}" for c in columns)
+                    self.updates[name] = (f"UPDATE {name} SET {sets} FROM json_populate_recordset(NULL::{name}, %s) "
+                                          f"AS v WHERE {name}.id = v.id")
+                else:
+                    self.selects[name] = (f"SELECT {every} FROM {name} WHERE ({a}, {b}) IN ({{}})"
+                                          + (" ORDER BY cluster, job_id" if name == "jobs" else ""), "(?, ?)", 2)
+                    sets = ", ".join(f"{q(c)} = ?" for c in columns)
+                    self.updates[name] = f"UPDATE {name} SET {sets} WHERE id = ?"
+
+    @staticmethod
+    def _json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str]:
+        return (json.dumps([dict(zip(columns, row)) for row in rows], separators=(",", ":"), allow_nan=False),)
+
+    def _many(self, conn: Connection, statement: tuple[str, str, int], rows: Sequence[Sequence[Any]]):
+        template, one, width = statement
+        per = max(1, self.MAX_PARAMS // width)
+        for start in range(0, len(rows), per):
+            chunk = rows[start:start + per]
+            yield conn.exec_driver_sql(template.format(", ".join([one] * len(chunk))),
+                                       tuple(v for row in chunk for v in row))
+
+    def insert(self, conn: Connection, name: str, rows: Sequence[Sequence[Any]]) -> list:
+        """Insert ``rows`` (in order) into table ``name``; the rows its RETURNING clause gives, if any."""
+        if self.pg:
+            results = [conn.exec_driver_sql(self.inserts[name], self._json(self.columns[name], rows))]
+        else:
+            results = list(self._many(conn, self.inserts[name], rows))
+        return [r for result in results if result.returns_rows for r in result]
+
+    def select(self, conn: Connection, name: str, keys: Sequence[tuple]) -> list[dict]:
+        """The rows of ``name`` (jobs, attempts) with these keys (jobs: locked, in key order)."""
+        if self.pg:
+            results = [conn.exec_driver_sql(self.selects[name], self._json(self._KEYS[name], keys))]
+        else:
+            results = list(self._many(conn, self.selects[name], keys))
+        return [dict(r) for result in results for r in result.mappings()]
+
+    def update(self, conn: Connection, name: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Update rows of ``name`` by id; each row is its columns' values in order, then its id."""
+        if self.pg:
+            conn.exec_driver_sql(self.updates[name], self._json(self.columns[name] + ["id"], rows))
+        else:
+            conn.exec_driver_sql(self.updates[name], [tuple(r) for r in rows])
+
+
+_SQL: dict[str, _Sql] = {}
+
+
+def _sql(conn: Connection) -> _Sql:
+    sql = _SQL.get(conn.dialect.name)
+    if sql is None:
+        sql = _SQL[conn.dialect.name] = _Sql(conn)
+    return sql
+
+
 def store(conn: Connection, checked: Sequence[tuple[dict, str]], *, now: float) -> list[dict]:
     """Insert the events not stored yet; returns those (the new ones), in time order."""
     if not checked:
         return []
-    rows = [{"id": e["id"], "type": e["type"], "time": float(e["time"]), "cluster": e["cluster"],
-             "job_id": e["job_id"], "attempt": e.get("attempt"), "source": e.get("source") or "supervisor",
-             "received_at": now, "body": body} for e, body in checked]
-    stmt = _insert(conn, events).on_conflict_do_nothing(index_elements=["id"]).returning(events.c.id)
-    inserted = set(conn.execute(stmt, rows).scalars()) if len(rows) > 1 else \
-        set(conn.execute(stmt.values(rows[0])).scalars())
+    rows = [(e["id"], e["type"], float(e["time"]), e["cluster"], e["job_id"], e.get("attempt"),
+             e.get("source") or "supervisor", now, body) for e, body in checked]
+    inserted = {r[0] for r in _sql(conn).insert(conn, "events", rows)}
     new = [e for e, _ in checked if e["id"] in inserted]
     new.sort(key=lambda e: e["time"])
     return new
 
 
+def store_senders(conn: Connection, backlogs: dict[str, int], *, now: float) -> None:
+    """Keep each host's latest outbox backlog (hosts in order, so concurrent writers lock alike)."""
+    _sql(conn).insert(conn, "senders", [(h, b, now) for h, b in sorted(backlogs.items())])
+
+
 def project(conn: Connection, new_events: Sequence[dict], *, pg: bool) -> None:
     """Apply new events to the jobs and attempts they touch (rows locked on PostgreSQL)."""
+    sql = _sql(conn)
     first: dict[tuple[str, str], dict] = {}
     for e in new_events:
         first.setdefault((e["cluster"], e["job_id"]), e)
     keys = sorted(first)
-    stmt = _insert(conn, jobs).on_conflict_do_nothing(index_elements=["cluster", "job_id"])
-    conn.execute(stmt, [projection.new_job(first[k]) for k in keys])
-    query = select(jobs).where(tuple_(jobs.c.cluster, jobs.c.job_id).in_(keys)).order_by(jobs.c.cluster, jobs.c.job_id)
-    job_rows = {(r.cluster, r.job_id): dict(r._mapping) for r in conn.execute(query.with_for_update() if pg else query)}
+    sql.insert(conn, "jobs", [[row[c] for c in _JOB_COLUMNS] for row in (projection.new_job(first[k]) for k in keys)])
+    job_rows = {(r["cluster"], r["job_id"]): r for r in sql.select(conn, "jobs", keys)}
     # Which attempts the batch touches (job-level events: the job's latest, possibly set by this batch).
     wanted: set[tuple[int, int]] = set()
     latest = {k: j["attempt"] for k, j in job_rows.items()}
@@ -238,8 +324,8 @@ def project(conn: Connection, new_events: Sequence[dict], *, pg: bool) -> None:
             wanted.add((job_rows[key]["id"], number))
     loaded: dict[tuple[int, int], dict] = {}
     if wanted:
-        rows = conn.execute(select(attempts).where(tuple_(attempts.c.job_pk, attempts.c.attempt).in_(sorted(wanted))))
-        loaded = {(r.job_pk, r.attempt): projection.decode_attempt(dict(r._mapping)) for r in rows}
+        loaded = {(r["job_pk"], r["attempt"]): projection.decode_attempt(r)
+                  for r in sql.select(conn, "attempts", sorted(wanted))}
     created: dict[tuple[int, int], dict] = {}
     touched: set[tuple[int, int]] = set()
     for e in new_events:
@@ -254,10 +340,10 @@ def project(conn: Connection, new_events: Sequence[dict], *, pg: bool) -> None:
                 job["attempts"] += 1
             touched.add(key)
         projection.apply(e, job, attempt)
-    conn.execute(_UPDATE_JOB, [{"_id": j["id"], **{"b_" + c: j[c] for c in _JOB_COLUMNS}} for j in job_rows.values()])
+    sql.update(conn, "jobs", [[j[c] for c in _JOB_COLUMNS] + [j["id"]] for j in job_rows.values()])
     if created:
-        conn.execute(attempts.insert(), [projection.encode_attempt(a) for a in created.values()])
+        sql.insert(conn, "attempts", [[a[c] for c in _ATTEMPT_COLUMNS] for a in
+                                      map(projection.encode_attempt, created.values())])
     changed = [projection.encode_attempt(loaded[k]) for k in touched if k in loaded]
     if changed:
-        conn.execute(_UPDATE_ATTEMPT, [{"_id": a["id"], **{"b_" + c: a[c] for c in _ATTEMPT_COLUMNS}}
-                                       for a in changed])
+        sql.update(conn, "attempts", [[a[c] for c in _ATTEMPT_COLUMNS] + [a["id"]] for a in changed])
