@@ -14,13 +14,9 @@ Exit codes of ``ajr run`` (documented in the README):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
-import shutil
 import signal
-import sys
 import socket
 import threading
 import time
@@ -35,13 +31,14 @@ from ajr_supervisor.detect.analyzer import CheckpointSeen, LogAnalyzer
 from ajr_supervisor.detect.crash import exit_finding
 from ajr_supervisor.detect.sieve import interesting_lines
 from ajr_supervisor.detect.watch import ProgressWatch
+from ajr_supervisor.evidence import NodeProbe, capture_stacks, parse_probe_output, parse_stack_dumps  # noqa: F401
 from ajr_supervisor.detect.srun import TASK_WRAPPER, NodeFailure, TaskEnd
 from ajr_supervisor.enroll import Enrollment, effective_max_requeues
-from ajr_supervisor.errors import AjrError
 from ajr_supervisor.journal import NULL, Journal
 from ajr_supervisor.logtail import LogFollower
 from ajr_supervisor.policy import PastAttempt, PolicyInput, decide
 from ajr_supervisor.recovery import Recovery
+from ajr_supervisor.stepwatch import StepWatcher
 from ajr_supervisor.rules import RuleSet
 from ajr_supervisor.slurm import Slurm, expand_hostlist
 from ajr_supervisor.state import FAILURE_REASONS, Attempt, JobRecord, StateStore
@@ -55,7 +52,6 @@ EXIT_REQUEUED = 75
 EXIT_STOPPED = 79
 EXIT_TERMINATED = 143
 MAX_RECORDED_ANOMALIES = 50
-MAX_STACK_CHARS = 8000          # per rank, kept in the state file
 
 
 @dataclass(frozen=True)
@@ -120,7 +116,8 @@ class Supervisor:
         self.started_at = wall()
         self.health: dict[str, NodeHealth] = {}
         self.health_faults: list[HealthFault] = []
-        self._probe: threading.Thread | None = None
+        self.probe = NodeProbe(slurm, job.job_id, job.nodes, since=self.started_at, log_dir=log_dir,
+                               timeout_s=config.probe_timeout_s, info=self.info)
         self.hang_findings: list[Finding] = []
         self.checkpoints: list[dict] = []
         self._first_step_at: float | None = None
@@ -326,32 +323,12 @@ class Supervisor:
 
     # -- node health ------------------------------------------------------------------------------
     def _start_probe(self) -> None:
-        """Probe every node of the allocation (``ajr probe`` via srun --overlap) in the background."""
-        if not self.config.probe_on_anomaly or self._probe is not None or not self.job.nodes:
-            return
-        self._probe = threading.Thread(target=self._run_probe, daemon=True)
-        self._probe.start()
-
-    def _run_probe(self) -> None:
-        argv = [sys.executable, "-m", "ajr_supervisor", "probe", "--json", "--since", f"{self.started_at:.0f}",
-                "--path", str(self.log_dir)]
-        try:
-            result = self.slurm.overlap(self.job.job_id, list(self.job.nodes), argv,
-                                        timeout_s=self.config.probe_timeout_s)
-        except AjrError as exc:
-            self.info("node probe failed (%s): node health UNKNOWN", exc.one_line())
-            return
-        self.health = parse_probe_output(result.stdout)
-        if len(self.health) < len(self.job.nodes):
-            self.info("node probe answered for %d of %d nodes (exit %d): %s", len(self.health), len(self.job.nodes),
-                      result.returncode, " ".join((result.stderr or result.stdout).split())[:300])
-        bad = [f"{n}: {c.name}" for n, h in sorted(self.health.items()) for c in h.bad]
-        self.info("node health: %s", "; ".join(bad) if bad else
-                  f"no BAD check on {len(self.health)} of {len(self.job.nodes)} nodes")
+        """Probe every node of the allocation in the background (once per attempt)."""
+        if self.config.probe_on_anomaly and self.job.nodes:
+            self.probe.start()
 
     def _health_faults(self) -> list[HealthFault]:
-        if self._probe is not None:
-            self._probe.join(self.config.probe_timeout_s + 5)
+        self.health = self.probe.result()
         return [HealthFault(node, c.name, component_of(c.name), c.detail)
                 for node, h in sorted(self.health.items()) if node in self.job.nodes for c in h.bad]
 
@@ -382,7 +359,8 @@ class Supervisor:
         self.info("decision %s: %s", decision.verdict.value, decision.reason)
         self._record_decision(decision, step_failed=step_failed, findings=findings)
         if proc is not None and decision.finding is not None and decision.finding.anomaly == Anomaly.HANG:
-            self._record_stacks(self._dump_stacks())
+            self._record_stacks(capture_stacks(self.slurm, self.job.job_id, self.analyzer.rank_pids,
+                                               self.analyzer.rank_nodes, self.info))
         recovery = Recovery(self.slurm, self.store, self.job, self.attempt, self.enrollment, self.config,
                             self.journal)
         if decision.verdict == Verdict.NONE:
@@ -499,36 +477,6 @@ class Supervisor:
                                    "exclude": entry["exclude"], "failure_at": failure_at, "by": "supervisor",
                                    "dry_run": entry["dry_run"]}, when=entry["decided_at"])
 
-    def _dump_stacks(self) -> dict[str, str]:
-        """Hang evidence before the kill: ``py-spy dump`` of every rank, run on each node through
-        ``srun --overlap`` (the allocation is still ours). Ranks map to pids by the [ajr] marks."""
-        pids = self.analyzer.rank_pids
-        by_node: dict[str, list[tuple[int, int]]] = {}
-        for rank, pid in sorted(pids.items()):
-            node = self.analyzer.rank_nodes.get(rank)
-            if node:
-                by_node.setdefault(node, []).append((rank, pid))
-        if not by_node:
-            return {}
-        nodes = sorted(by_node)
-        # one shell per node: dump the ranks that run there (the node's ranks are passed as r:pid pairs)
-        script = ('for rp in $(eval echo \\$AJR_RANKS_$(echo "$SLURMD_NODENAME" | tr -c "A-Za-z0-9\n" _)); do '
-                  'r=${rp%%:*}; p=${rp#*:}; echo "=== rank $r pid $p"; '
-                  'timeout 10 "$AJR_PYSPY" dump --pid "$p" 2>&1 || echo "(py-spy failed: is py-spy installed on the node?)"; '
-                  'done')
-        env_pairs = {f"AJR_RANKS_{''.join(c if c.isalnum() else '_' for c in n)}":
-                     " ".join(f"{r}:{p}" for r, p in by_node[n]) for n in nodes}
-        beside = Path(sys.executable).with_name("py-spy")
-        env_pairs["AJR_PYSPY"] = shutil.which("py-spy") or (str(beside) if beside.exists() else "py-spy")
-        self.info("capturing stacks of %d ranks with py-spy on %s", len(pids), ",".join(nodes))
-        try:
-            result = self.slurm.overlap(self.job.job_id, nodes, ["/bin/sh", "-c", script], timeout_s=20,
-                                        extra_env=env_pairs)
-        except AjrError as exc:
-            self.info("could not capture stacks: %s", exc.one_line())
-            return {}
-        return parse_stack_dumps(result.stdout)
-
     def _record_stacks(self, dumps: dict[str, str]) -> None:
         if dumps:
             self.store.update(self.job.job_id, lambda rec: setattr(self._current(rec), "stacks", dumps))
@@ -563,93 +511,6 @@ class Supervisor:
         self.store.update(self.job.job_id, change)
         self.journal.emit("attempt_ended", self.attempt, {"exit_code": exit_code, "end_reason": reason,
                                                           "failed": reason in FAILURE_REASONS}, when=now)
-
-
-def parse_probe_output(output: str) -> dict[str, NodeHealth]:
-    """``srun -l`` output of ``ajr probe --json`` on each node -> {node: NodeHealth}.
-
-    Each task prints one JSON object, but srun labels every chunk it forwards, so a long line comes
-    back cut into several ``N: ...`` pieces: the pieces of each task are joined before parsing."""
-    pieces: dict[str, list[str]] = {}
-    for line in output.splitlines():
-        task, sep, text = line.partition(": ")
-        if sep and task.strip().isdigit():
-            pieces.setdefault(task.strip(), []).append(text)
-    found: dict[str, NodeHealth] = {}
-    for parts in pieces.values():
-        text = "".join(parts).strip()
-        try:
-            health = NodeHealth.from_dict(json.loads(text[text.index("{"):]))
-        except (ValueError, KeyError, TypeError):
-            continue
-        found[health.node] = health
-    return found
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def parse_stack_dumps(output: str) -> dict[str, str]:
-    """``srun -l`` output of the dump script -> {training rank: py-spy text}. Each node's task (its
-    srun prefix) announces the rank it dumps next; tasks' lines interleave, so track each prefix."""
-    current: dict[str, str] = {}
-    dumps: dict[str, list[str]] = {}
-    for line in _ANSI.sub("", output).splitlines():
-        task, sep, text = line.partition(": ")
-        if not sep:
-            continue
-        if text.startswith("=== rank "):
-            current[task] = text.split()[2]
-            dumps[current[task]] = []
-        elif task in current:
-            dumps[current[task]].append(text)
-    return {rank: "\n".join(lines).strip()[-MAX_STACK_CHARS:] for rank, lines in dumps.items()}
-
-
-class StepWatcher:
-    """Stands in for the step process in attach mode: ``poll()`` is None while a step of the job
-    runs (asked from squeue at most every ``interval_s``), 0 once the steps are gone."""
-
-    attached = True
-    pid = None
-
-    def __init__(self, slurm: Slurm, job_id: str, clock: Callable[[], float], *, interval_s: float = 2.0,
-                 first_step_timeout_s: float = 120.0) -> None:
-        self.slurm, self.job_id, self.clock = slurm, job_id, clock
-        self.interval_s = interval_s
-        self.started = clock()
-        self.first_step_timeout_s = first_step_timeout_s
-        self.seen: list[str] = []
-        self._next = 0.0
-        self._done = False
-
-    def poll(self) -> int | None:
-        if self._done:
-            return 0
-        now = self.clock()
-        if now < self._next:
-            return None
-        self._next = now + self.interval_s
-        try:
-            steps = self.slurm.running_steps(self.job_id)
-        except AjrError as exc:   # unknown is not "ended"
-            log.warning("job %s: cannot list its steps (%s); still watching", self.job_id, exc.one_line())
-            return None
-        if steps:
-            self.seen = steps
-            return None
-        if self.seen or now - self.started > self.first_step_timeout_s:
-            self._done = True
-            return 0
-        return None
-
-    def stop(self, grace_s: float) -> None:
-        """STOP in attach mode: cancel the running steps (srun forwards SIGTERM, then SIGKILL)."""
-        for step in self.seen:
-            try:
-                self.slurm.scancel(step)
-            except AjrError as exc:
-                log.error("job %s: cannot cancel step %s: %s", self.job_id, step, exc.one_line())
 
 
 def _finding_dict(f: Finding) -> dict:
