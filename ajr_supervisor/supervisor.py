@@ -193,7 +193,7 @@ class Supervisor:
     def _supervise(self, proc, follower: LogFollower) -> int:
         watch = self.watch = self._new_watch()
         settle_until: float | None = None
-        decided = False
+        decided = cancel_wait = False
         while True:
             for line in self._read(follower, watch):
                 if self._on_line(line, watch) and settle_until is None:
@@ -208,9 +208,14 @@ class Supervisor:
                     self.info("no step of the job runs any more; its exit is left to EpilogSlurmctld")
                     self._record_decision_free_end()
                     return 0
-                if decided:   # dry run: the decision was made and logged; the step ended on its own
-                    self._end_attempt(rc, "dry run: ended on its own", None)
-                    return rc
+                if decided:   # dry run, or a cancel seen while running: decided and recorded already
+                    if self.slurm.dry_run:
+                        self._end_attempt(rc, "dry run: ended on its own", None)
+                    return EXIT_TERMINATED if self.analyzer.cancelled() and not self.slurm.dry_run else rc
+                if rc != 0 and self._terminated is None and (rc in (143, -15) or self.analyzer.looks_cancelled()):
+                    self._await_cancel(follower, watch)
+                if self._terminated is not None:
+                    return self._on_external_end(proc)
                 return self._on_exit(rc)
             if self._terminated is not None and not decided:
                 return self._on_external_end(proc)
@@ -219,6 +224,10 @@ class Supervisor:
                 continue
             why = None
             if settle_until is not None and now >= settle_until:
+                if self.analyzer.looks_cancelled() and not cancel_wait:
+                    # only SIGTERM'd tasks so far: a scancel's CANCELLED line or SIGTERM may follow
+                    cancel_wait, settle_until = True, now + self.config.settle_s
+                    continue
                 why = "fatal line"
             else:
                 finding = watch.check(now)
@@ -237,6 +246,15 @@ class Supervisor:
                 timeout = min(timeout, max(0.0, settle_until - now))
             timeout = min(timeout, max(0.01, watch.deadline() - now))
             follower.wait(timeout)
+
+    def _await_cancel(self, follower: LogFollower, watch: ProgressWatch) -> None:
+        """The step died by SIGTERM: a scancel or time limit, whose SIGTERM to us (or slurmstepd's
+        CANCELLED line) can trail srun's exit. Wait up to ``settle_s`` for either before deciding."""
+        deadline = self.clock() + self.config.settle_s
+        while self._terminated is None and self.analyzer.cancelled() is None and self.clock() < deadline:
+            follower.wait(min(0.05, max(0.0, deadline - self.clock())))
+            for line in self._read(follower, watch, final=True):
+                self._on_line(line, watch)
 
     def _read(self, follower: LogFollower, watch: ProgressWatch, final: bool = False) -> list[LogLine]:
         """The new lines any detector may act on (:mod:`~ajr_supervisor.detect.sieve`); every
@@ -340,7 +358,7 @@ class Supervisor:
                 findings.append(extra)
         cancelled = self.analyzer.cancelled()
         external = ""
-        if cancelled and exit_code is not None and not [f for f in findings if f.trigger == Trigger.IMMEDIATE]:
+        if cancelled and not [f for f in findings if f.trigger == Trigger.IMMEDIATE]:
             external = f"cancelled{' due to ' + cancelled.why.lower() if cancelled.why else ''}"
         if not external:   # ended by Slurm or the user: nothing to attribute, no probe
             self._start_probe()

@@ -105,8 +105,23 @@ class LogAnalyzer:
         return self.findings + srun_findings(self.srun_events)
 
     def cancelled(self) -> Cancelled | None:
-        """The cancellation that ended the step, when it came first (scancel, time limit, Slurm's
-        own requeue). A cancellation after a task failed is srun's --kill-on-bad-exit at work."""
-        if self.srun_events and isinstance(self.srun_events[0][2], Cancelled):
-            return self.srun_events[0][2]
+        """The cancellation that ended the step, when no other failure came first (scancel, time
+        limit, Slurm's own requeue). Tasks reported ``Terminated`` (SIGTERM) before it are part of
+        the same cancellation: srun often reports them before slurmstepd's CANCELLED line arrives.
+        A cancellation after a task failed otherwise is srun's --kill-on-bad-exit at work."""
+        for _, _, event in self.srun_events:
+            if isinstance(event, Cancelled):
+                return event
+            if not self.terminated_only(event):
+                return None
         return None
+
+    @staticmethod
+    def terminated_only(event: SrunEvent) -> bool:
+        """A task that ended by SIGTERM (or a harmless report): what an outside cancel looks like."""
+        return isinstance(event, TaskEnd) and (event.signal == "Terminated" or not _is_failure(event))
+
+    def looks_cancelled(self) -> bool:
+        """Every failure srun reported so far is a SIGTERM'd task (a cancel's first sign)."""
+        failures = [e for _, _, e in self.srun_events if _is_failure(e)]
+        return bool(failures) and all(self.terminated_only(e) for e in failures)

@@ -702,3 +702,34 @@ def test_lemon_nodes_of_the_allocation_are_excluded_on_a_requeue(env):
     assert ["scontrol", "update", f"JobId={JOB}", "ExcNodeList=node2"] in slurm.commands
     [a] = env.record().attempts
     assert a.decision["verdict"] == "EXCLUDE_AND_REQUEUE" and "lemon node node2 (registry)" in a.decision["reason"]
+
+
+def test_a_scancel_whose_cancel_line_trails_srun_s_report_is_left_alone(env):
+    """Seen on the lab: srun reports the SIGTERM'd tasks, then slurmstepd's CANCELLED line, and srun
+    exits 143 before the SIGTERM reaches ajr. That is an outside cancel, not a failure to requeue."""
+    sup, slurm = env.supervisor()
+    rc, _ = run(sup, bash('echo "srun: error: node2: task 1: Terminated"; sleep 0.3; '
+                          'echo "slurmstepd-node1: error: *** STEP 77.0 ON node1 CANCELLED AT 2026-11-25T13:15:40 ***"; '
+                          'exit 143'))
+    assert slurm.commands == []
+    [a] = env.record().attempts
+    assert a.decision["verdict"] == "NONE" and not a.failed, a.decision
+    assert rc == 143
+
+
+def test_a_task_killed_before_a_cancel_is_still_a_failure(env):
+    sup, slurm = env.supervisor()
+    rc, _ = run(sup, bash('echo "srun: error: node2: task 1: Killed"; '
+                          'echo "slurmstepd-node1: error: *** STEP 77.0 ON node1 CANCELLED AT 2026-11-25T13:15:40 ***"; '
+                          'exit 137'))
+    assert rc == EXIT_REQUEUED and ["scontrol", "requeuehold", JOB] in slurm.commands
+
+
+def test_a_cancel_seen_while_the_step_still_runs_is_left_alone(env):
+    sup, slurm = env.supervisor()
+    rc, _ = run(sup, bash('echo "srun: error: node2: task 1: Terminated"; '
+                          'echo "slurmstepd-node1: error: *** STEP 77.0 ON node1 CANCELLED AT 2026-11-25T13:15:40 ***"; '
+                          'sleep 1.5; exit 143'))
+    assert slurm.commands == [] and rc == EXIT_TERMINATED
+    [a] = env.record().attempts
+    assert a.decision["verdict"] == "NONE" and a.end_reason == "cancelled" and not a.failed
