@@ -43,6 +43,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable, Mapping
 
 from . import Check, NodeHealth, State, normalize_pci
+from .xid import exclude_xids
 
 RECOVERY_ACTION_FIELD = 230  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (nvml.h), for a pynvml that lacks it
 RECOVERY_ACTIONS = {0: "NONE", 1: "GPU_RESET", 2: "NODE_REBOOT", 3: "DRAIN_P2P", 4: "DRAIN_AND_RESET",
@@ -52,7 +53,6 @@ CLOCK_REASONS = {0x1: "GPU_IDLE", 0x2: "APPLICATIONS_CLOCKS_SETTING", 0x4: "SW_P
                  0x80: "HW_POWER_BRAKE_SLOWDOWN", 0x100: "DISPLAY_CLOCK_SETTING", 0x200: "BOARD_LIMIT",
                  0x400: "RELIABILITY"}
 SLOWDOWN_REASONS = 0x8 | 0x20 | 0x40 | 0x80  # the hardware slows the GPU (not idle, power cap, app clocks)
-HARDWARE_XIDS = frozenset({48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120, 140})
 NVLINK_COUNTERS = {"replay": 0, "recovery": 1, "crc_flit": 2, "crc_data": 3}  # NVML_NVLINK_ERROR_DL_*
 # nvml.h values (a stable ABI): return codes, then the arguments the probe passes
 _INVALID_ARGUMENT, _NOT_SUPPORTED, _TIMEOUT, _FUNCTION_NOT_FOUND, _GPU_IS_LOST, _RESET_REQUIRED = 2, 3, 10, 13, 15, 16
@@ -380,7 +380,7 @@ class _Probe:
                 xids += [int(data.eventData)] if int(data.eventType) & _XID_EVENT else []
         except Exception as exc:
             ended = self._code(exc) == _TIMEOUT and call == wait  # the wait's TIMEOUT: no more events
-            if not ended and not HARDWARE_XIDS.intersection(xids):  # a hardware Xid seen stays BAD
+            if not ended and not exclude_xids().intersection(xids):  # a hardware Xid seen stays BAD
                 return self._failed(g, name, call, exc, (_NOT_SUPPORTED,))
         finally:
             if not self.call.hung:
@@ -388,7 +388,7 @@ class _Probe:
                     self.call("nvmlEventSetFree", events)
                 except (Exception, _Timeout):
                     pass
-        bad = [x for x in xids if x in HARDWARE_XIDS]
+        bad = [x for x in xids if x in exclude_xids()]
         seen = f"Xid {', '.join(map(str, xids))}" if xids else "no Xid events"
         return self._check(g, name, State.BAD if bad else State.GOOD,
                            f"{seen} during a {ms} ms event wait" + (" (hardware)" if bad else ""), xids=xids)

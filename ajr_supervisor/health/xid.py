@@ -163,6 +163,13 @@ def xid_table() -> dict[int, XidClass]:
             for x, row in data["xids"].items()}
 
 
+@lru_cache(maxsize=1)
+def exclude_xids() -> frozenset[int]:
+    """The Xids whose node leaves the job (the table's EXCLUDE_NODE_AND_REQUEUE): the one list that
+    the NVML probe's live Xid check and the ``gpu_xid_fatal`` rule use (a test keeps the rule equal)."""
+    return frozenset(x for x, c in xid_table().items() if c.action is EXCLUDE)
+
+
 def classify(xid: int) -> XidClass:
     """The catalog class of an Xid number; an Xid not in the table: UNKNOWN, REQUEUE, never exclude."""
     return xid_table().get(xid) or XidClass(xid, "UNKNOWN", f"Xid {xid} (not in ajr's table)",

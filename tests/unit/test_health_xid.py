@@ -321,3 +321,18 @@ def test_xid_checks_empty_log_is_one_good_check():
     assert xid_checks([]) == [Check("xid", State.GOOD, {"xids": []}, "no NVIDIA Xid in the kernel log")]
     assert kernel_xid_checks(str(KERNEL / "oom_dmesg_iso.log"))[0].state is State.GOOD
     assert kernel_xid_checks("/nonexistent/kern.log")[0].state is State.UNKNOWN
+
+
+def test_the_xid_rule_and_the_nvml_probe_use_the_tables_exclude_list():
+    """One source for which Xids take a node out of the job: data/xid.yaml."""
+    import re
+
+    from ajr_supervisor.health import nvml
+    from ajr_supervisor.health.xid import exclude_xids
+    from ajr_supervisor.rules import RuleSet
+
+    [pattern] = RuleSet.load().get("gpu_xid_fatal").patterns
+    listed = {int(x) for x in re.search(r"\(\?:([\d|]+)\)", pattern).group(1).split("|")}
+    assert listed == set(exclude_xids())
+    assert {48, 79, 95, 119} <= exclude_xids() and not {13, 31, 43, 63, 92} & exclude_xids()
+    assert nvml.exclude_xids is exclude_xids
