@@ -50,7 +50,6 @@ class Settings:
     slurm_timeout_s: float = 30.0
     slurm_confs: Mapping[str, str] = field(default_factory=dict)   # cluster -> slurm.conf; {}: one Slurm
     dry_run: bool = False                # actions and the watchdog log "would run" and change nothing
-    workers: int = 1                     # uvicorn worker processes
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -77,7 +76,7 @@ _KINDS: dict[str, str] = {
     "metrics_open": "bool", "docs_open": "bool", "admins": "list", "notifications": "any",
     "delivery_interval_s": "seconds", "kpi_success_at": "str", "lemon_min_failures": "count",
     "lemon_min_jobs": "count", "reputation_half_life_s": "seconds", "metrics_cache_s": "seconds0", "token_cache_s": "seconds0",
-    "slurm_timeout_s": "seconds", "slurm_confs": "map", "dry_run": "bool", "workers": "count",
+    "slurm_timeout_s": "seconds", "slurm_confs": "map", "dry_run": "bool",
 }
 KEYS = tuple(sorted(_KINDS))
 
