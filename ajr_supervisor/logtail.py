@@ -49,8 +49,13 @@ class LogFollower:
     """
 
     def __init__(self, path: str | os.PathLike, offset: int = 0, *,
-                 clock: Callable[[], float] = time.monotonic, inotify: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, inotify: bool = True,
+                 min_interval_s: float = 0.0) -> None:
         self.path = Path(path)
+        # A log written in many small bursts would wake the reader for each one: a change seen
+        # sooner than this after the last wake-up waits for the rest of it (wake() never waits).
+        self.min_interval_s = min_interval_s
+        self._woke_at = 0.0
         self.offset = offset
         self.clock = clock
         self._partial = b""
@@ -120,8 +125,22 @@ class LogFollower:
                 continue
             if self._wake_r in ready:
                 _drain(self._wake_r)
-                return
+                break
             if not ready or (self._inotify is not None and self._inotify.relevant()):
+                self._linger(deadline)
+                break
+        self._woke_at = time.monotonic()
+
+    def _linger(self, deadline: float) -> None:
+        """After a change: wait out ``min_interval_s`` since the last wake-up (a wake() ends it)."""
+        until = min(deadline, self._woke_at + self.min_interval_s)
+        while time.monotonic() < until:
+            try:
+                ready, _, _ = select.select([self._wake_r], [], [], max(0.0, until - time.monotonic()))
+            except InterruptedError:
+                continue
+            if ready:
+                _drain(self._wake_r)
                 return
 
     def wake(self) -> None:

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 EXIT_REQUEUED = 75
 EXIT_STOPPED = 79
 EXIT_TERMINATED = 143
+READ_INTERVAL_S = 0.1           # the log is read at most this often (a busy log's writes are batched)
 MAX_RECORDED_ANOMALIES = 50
 
 
@@ -146,7 +147,7 @@ class Supervisor:
         self.info("started %s (log %s, hang timeout %gs, requeues %d of %d used)",
                   " ".join(command), log_path, self.hang_timeout_s, self.attempt, self.max_requeues)
         old_term = signal.signal(signal.SIGTERM, self._on_term)
-        follower = self._follower = LogFollower(log_path, clock=self.clock)
+        follower = self._follower = LogFollower(log_path, clock=self.clock, min_interval_s=READ_INTERVAL_S)
         threading.Thread(target=self._wake_on_exit, args=(proc, follower), daemon=True).start()
         try:
             return self._supervise(proc, follower)
@@ -173,7 +174,8 @@ class Supervisor:
         record = self.store.load(self.job.job_id)
         prev = [a for a in (record.attempts if record else []) if a.attempt < self.attempt and a.log_path == str(log_path)]
         offset = prev[-1].log_offset if prev else 0
-        follower = self._follower = LogFollower(log_path, offset=offset, clock=self.clock)
+        follower = self._follower = LogFollower(log_path, offset=offset, clock=self.clock,
+                                                min_interval_s=READ_INTERVAL_S)
         try:
             return self._supervise(StepWatcher(self.slurm, self.job.job_id, self.clock), follower)
         finally:

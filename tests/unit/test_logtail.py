@@ -298,3 +298,23 @@ def test_watchdog_observer_is_the_fallback_without_libc_inotify(follow, tmp_path
     writer.join()
     assert texts(f.read_new()) == [(0, "via watchdog")]
     f.close()
+
+
+def test_min_interval_batches_bursts_of_writes_but_not_wake(follow, tmp_path):
+    log = tmp_path / "unified.log"
+    append(log, "")
+    f = follow(inotify=True, min_interval_s=0.3)
+    if not f.uses_inotify:
+        pytest.skip("inotify unavailable here")
+    append(log, "0: one\n")
+    f.wait(5.0)
+    first = time.monotonic()
+    append(log, "0: two\n")
+    f.wait(5.0)                              # a change right after a wake-up waits out the interval
+    assert time.monotonic() - first >= 0.25
+    assert texts(f.read_new()) == [(0, "one"), (0, "two")]
+    append(log, "0: three\n")
+    threading.Timer(0.05, f.wake).start()
+    t0 = time.monotonic()
+    f.wait(5.0)                              # wake() is never held back
+    assert time.monotonic() - t0 < 0.25
