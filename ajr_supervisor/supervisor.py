@@ -311,8 +311,8 @@ class Supervisor:
         """A straggler worth excluding (straggler_action exclude, or auto once it pays): act now."""
         if finding is None:
             return False
-        if self.watch is not None and self.watch.notes:
-            self.info("straggler cost: %s", self.watch.notes[-1])
+        if self.watch is not None and self.watch.note:
+            self.info("straggler cost: %s", self.watch.note)
         self.trigger_findings.append(finding)
         return True
 

@@ -65,6 +65,7 @@ class StragglerDetector:
         self._closed_below = -1                               # iterations <= this are closed
         self._history: dict[str, deque[WindowStat]] = {}
         self.reported: set[str] = set()
+        self.windows_closed = 0                   # how many windows have been judged
         self.slowdown: dict[str, float] = {}      # reported node -> its slowdown (0.12 = 12% slower)
         self.peers_step_ms: dict[str, float] = {}  # reported node -> its peers' median step time
 
@@ -87,6 +88,7 @@ class StragglerDetector:
             for node, times in self._open.pop(it).items():
                 per_node.setdefault(node, []).append(median(times))
         self._closed_below = its[-1]
+        self.windows_closed += 1
         values = {n: median(v) for n, v in per_node.items()}
         found: Finding | None = None
         for node, x in values.items():

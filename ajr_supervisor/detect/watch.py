@@ -63,7 +63,7 @@ class ProgressWatch:
         self.last_checkpoint_at: float | None = None
         self.iteration: int | None = None
         self.total: int | None = None
-        self.notes: list[str] = []                 # why auto did (not) exclude, for the log
+        self.note = ""                             # the last cost reckoning of auto, for the log
 
     # --- observations -------------------------------------------------------------------------
     def heard(self, now: float) -> None:
@@ -98,6 +98,7 @@ class ProgressWatch:
             self.total = p.total
         self.straggler.rank_to_node.update(rank_nodes)
         ended = None
+        windows = self.straggler.windows_closed
         found = self.straggler.observe(now, p)
         if found is not None:
             self.findings.append(found)
@@ -108,7 +109,9 @@ class ProgressWatch:
         drop = self.perf_drop.observe(now, p)
         if drop is not None:
             self.findings.append(drop)
-        return ended or self._reconsider(now)
+        if ended is None and self.straggler.windows_closed != windows:   # a window closed: look again
+            ended = self._reconsider(now)
+        return ended
 
     # --- the straggler cost model ---------------------------------------------------------------
     def remaining_steps(self, step_time_s: float) -> float:
@@ -128,9 +131,9 @@ class ProgressWatch:
         cost = self.restart_cost_s + max(0.0, since)
         remaining = self.remaining_steps(step_s)
         verdict = should_exclude(slowdown, remaining, step_s, cost)
-        self.notes.append(f"{node}: {slowdown:.1%} slower x {step_s:.3g} s/step x "
-                          f"{remaining:.0f} steps left = {slowdown * step_s * remaining:.3g} s "
-                          f"{'>' if verdict else '<='} restart cost {cost:.3g} s")
+        self.note = (f"{node}: {slowdown:.1%} slower x {step_s:.3g} s/step x "
+                     f"{remaining:.0f} steps left = {slowdown * step_s * remaining:.3g} s "
+                     f"{'>' if verdict else '<='} restart cost {cost:.3g} s")
         return verdict
 
     def _reconsider(self, now: float) -> Finding | None:
