@@ -282,8 +282,8 @@ class Supervisor:
         return seen[-1] if seen else self.config.restart_cost_s
 
     def _on_line(self, line: LogLine, watch: ProgressWatch) -> bool:
-        """Feed one line to the detectors; True when it is a fatal line that proves death."""
-        watch.heard(line.time)
+        """Feed one line to the detectors (``_read`` already told the watch a line arrived); True
+        when it is a fatal line that proves death."""
         seen = self.analyzer.feed(line)
         if isinstance(seen, CheckpointSeen):
             self._record_checkpoint(line, seen.iteration)
@@ -457,31 +457,31 @@ class Supervisor:
                  "decided_at": now, "by": "supervisor", "dry_run": self.slurm.dry_run,
                  "finding": _finding_dict(decision.finding) if decision.finding else None,
                  "attribution": blame.to_dict() if blame else None}
+        reported = [f for f in (self.watch.findings if self.watch else []) if f not in findings]
+        anomalies = (list(findings) + reported)[:MAX_RECORDED_ANOMALIES]
 
         def change(rec: JobRecord) -> None:
             a = self._current(rec)
             a.decision = entry
             if self.health:
                 a.health = {n: h.to_dict() for n, h in sorted(self.health.items())}
-            reported = [f for f in (self.watch.findings if self.watch else []) if f not in findings]
-            a.anomalies = [_finding_dict(f) for f in list(findings) + reported][:MAX_RECORDED_ANOMALIES]
+            a.anomalies = [_finding_dict(f) for f in anomalies]
             a.rank_nodes = {str(k): v for k, v in sorted(self.analyzer.rank_nodes.items())}
             if self._follower is not None:
                 a.log_offset = self._follower.offset
 
         self.store.update(self.job.job_id, change)
-        self._report_decision(entry, decision, findings)
+        self._report_decision(entry, decision, anomalies)
 
     def _wall_of(self, t: float) -> float:
         """A time of the supervisor's clock (line read times) on the wall clock."""
         return self.wall() - (self.clock() - t)
 
-    def _report_decision(self, entry: dict, decision: Decision, findings: Sequence[Finding]) -> None:
+    def _report_decision(self, entry: dict, decision: Decision, anomalies: Sequence[Finding]) -> None:
         """The decision and its evidence as registry events (anomalies, health, attribution, decision)."""
         emit, attempt = self.journal.emit, self.attempt
-        reported = [f for f in (self.watch.findings if self.watch else []) if f not in findings]
-        for f in (list(findings) + reported)[:MAX_RECORDED_ANOMALIES]:
-            emit("anomaly", attempt, _finding_dict(f) | {"nodes": list(f.nodes)}, when=self._wall_of(f.time))
+        for f in anomalies:
+            emit("anomaly", attempt, _finding_dict(f), when=self._wall_of(f.time))
         for node, h in sorted(self.health.items()):
             if h.state.value != "GOOD":
                 emit("node_health", attempt, {"node": node, "state": h.state.value,
