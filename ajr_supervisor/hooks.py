@@ -337,10 +337,22 @@ def _maybe_drain(env, config, slurm, store, job_id: str, attempt_no: int, decisi
     if not said:
         return ""
 
-    entries = [{"action": "drain", "ok": s.startswith("drained"), "at": time.time(),
-                "error": None if s.startswith("drained") else s, "detail": s, "by": "epilog",
-                "dry_run": slurm.dry_run} for s in said]
+    now = time.time()
+    _append_actions(store, job_id, attempt_no, journal, [
+        {"action": "drain", "ok": s.startswith("drained"), "at": now, "error": None if s.startswith("drained") else s,
+         "detail": s, "by": "epilog", "dry_run": slurm.dry_run} for s in said])
+    return "; " + "; ".join(said)
 
+
+def _record_actions(store, job_id: str, attempt_no: int, actions: list[str], journal, dry_run: bool = False) -> None:
+    now = time.time()
+    _append_actions(store, job_id, attempt_no, journal, [
+        {"action": act.split()[0], "ok": True, "at": now, "error": None, "detail": act, "by": "epilog",
+         "dry_run": dry_run} for act in actions])
+
+
+def _append_actions(store, job_id: str, attempt_no: int, journal, entries: list[dict]) -> None:
+    """The epilog's actions: into the attempt's record in the state file, then the journal."""
     def change(rec) -> None:
         a = rec.attempt(attempt_no)
         if a is not None:
@@ -349,22 +361,6 @@ def _maybe_drain(env, config, slurm, store, job_id: str, attempt_no: int, decisi
     store.update(job_id, change)
     for entry in entries:
         journal.emit("action", attempt_no, entry, when=entry["at"])
-    return "; " + "; ".join(said)
-
-
-def _record_actions(store, job_id: str, attempt_no: int, actions: list[str], journal, dry_run: bool = False) -> None:
-    now = time.time()
-    entries = [{"action": act.split()[0], "ok": True, "at": now, "error": None, "detail": act, "by": "epilog",
-                "dry_run": dry_run} for act in actions]
-
-    def change(rec) -> None:
-        a = rec.attempt(attempt_no)
-        if a is not None:
-            a.actions.extend(entries)
-
-    store.update(job_id, change)
-    for entry in entries:
-        journal.emit("action", attempt_no, entry, when=now)
 
 
 def _allowed(exclude, allocation, already) -> list[str]:
