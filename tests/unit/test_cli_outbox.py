@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from ajr_supervisor.cli.outbox import outbox
 from ajr_supervisor.errors import AjrError
 from ajr_supervisor.outbox import Outbox
-from tests.unit.test_outbox import TOKEN, event, registry  # noqa: F401  (registry: the shared fixture)
+from tests.unit.test_outbox import TOKEN, event
 
 
 @pytest.fixture

@@ -107,13 +107,6 @@ class FakeRegistry:
 
 
 @pytest.fixture
-def registry():
-    reg = FakeRegistry()
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture
 def closed_port():
     """A local port nobody listens on (connection refused)."""
     s = socket.socket()
