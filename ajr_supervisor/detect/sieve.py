@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any
 
 from ajr_supervisor import matching
 from ajr_supervisor.detect.analyzer import FRAGMENT_MAX
@@ -48,9 +51,6 @@ HS_WANTED = (rb"\[ajr-telemetry\]", rb"\[ajr\] rank ", rb"srun: ", rb"slurmstepd
              rb"\biteration[ \t]+\d+[ \t]*/[ \t]*\d+", rb"\bTraining epoch \d+, iteration \d+/",
              rb"\brank \d+ iteration \d+ step_time_ms", rb"\d+/\d+[ \t]*\[[^\]\n]*(it/s|s/it)",
              rb"\bsaving (the |a )?(distributed )?checkpoint")
-_hs_state = threading.local()
-_hs_db = None
-_hs_lock = threading.Lock()
 NEIGHBOURS = 2      # fragments joined by the analyzer: this many lines before (and after) a short one
 
 
@@ -81,28 +81,41 @@ def _short_neighbours(buf: bytes, start: int) -> list[int]:
     return out
 
 
-def _hs_wanted_starts(buf: bytes) -> set[int] | None:
-    """Starts of the lines HS_WANTED matches, by hyperscan; None when hyperscan is not there."""
-    global _hs_db
-    if matching._hs is None:
-        return None
-    with _hs_lock:
-        if _hs_db is None:
-            _hs_db = matching._hs_database(list(HS_WANTED), matching._HS_BLOCK) or False
-    if _hs_db is False:
-        return None
-    scratch = getattr(_hs_state, "scratch", None)
-    if scratch is None:
-        scratch = _hs_state.scratch = matching._hs.Scratch(_hs_db)
-    ends: list[int] = []
-    _hs_db.scan(buf, scratch=scratch, match_event_handler=lambda _i, _f, to, _fl, _c: ends.append(to))
-    rfind = buf.rfind
-    return {rfind(b"\n", 0, to) + 1 for to in ends}
+class _HsLines:
+    """Starts of the lines where hyperscan finds one of ``expressions`` (caseless), by one scan of
+    the block; compiled on first use, one scratch per thread. ``starts`` is None when hyperscan is
+    not installed or rejects the expressions."""
+
+    def __init__(self, expressions: Sequence[bytes]) -> None:
+        self.expressions = list(expressions)
+        self._db: Any = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def starts(self, buf: bytes) -> set[int] | None:
+        if matching._hs is None or not self.expressions:
+            return None
+        with self._lock:
+            if self._db is None:
+                self._db = matching._hs_database(self.expressions, matching._HS_BLOCK) or False
+        if self._db is False:
+            return None
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = matching._hs.Scratch(self._db)
+        ends: list[int] = []
+        self._db.scan(buf, scratch=scratch, match_event_handler=lambda _i, _f, to, _fl, _c: ends.append(to))
+        rfind = buf.rfind
+        return {rfind(b"\n", 0, to) + 1 for to in ends}
+
+
+_WANTED_HS = _HsLines(HS_WANTED)
+_FRAGMENT_HS: weakref.WeakKeyDictionary[RuleSet, _HsLines] = weakref.WeakKeyDictionary()
 
 
 def wanted_starts(buf: bytes) -> set[int]:
     """Starts of the lines a non-rule detector may act on (a superset of WANTED's lines)."""
-    found = _hs_wanted_starts(buf)
+    found = _WANTED_HS.starts(buf)
     if found is not None:
         return found
     search = WANTED.search
@@ -113,22 +126,12 @@ def _fragment_starts(buf: bytes, rules: RuleSet) -> set[int]:
     """With hyperscan: short lines holding one of the rules' anchor literals (one more scan)."""
     if not rules.uses_hyperscan:
         return set()                              # the python engine's candidates already are these
-    db = getattr(rules, "_sieve_fragment_db", None)
-    if db is None:
+    lines = _FRAGMENT_HS.get(rules)
+    if lines is None:
         anchors = rules.anchor_literals() or ()
-        exprs = [re.escape(a.decode("ascii", "replace")).encode() for a in anchors]
-        db = matching._hs_database(exprs, matching._HS_BLOCK) if exprs else False
-        rules._sieve_fragment_db = db or False
-    if not db:
-        return set()
-    scratch = getattr(_hs_state, "fragment_scratch", None)
-    if scratch is None or getattr(_hs_state, "fragment_db", None) is not db:
-        scratch = _hs_state.fragment_scratch = matching._hs.Scratch(db)
-        _hs_state.fragment_db = db
-    ends: list[int] = []
-    db.scan(buf, scratch=scratch, match_event_handler=lambda _i, _f, to, _fl, _c: ends.append(to))
-    rfind, limit = buf.rfind, FRAGMENT_MAX + 8
-    starts = {rfind(b"\n", 0, to) + 1 for to in ends}
+        lines = _FRAGMENT_HS[rules] = _HsLines([re.escape(a.decode("ascii", "replace")).encode() for a in anchors])
+    starts = lines.starts(buf) or set()
+    limit = FRAGMENT_MAX + 8
     return {s for s in starts if _line_end(buf, s) - s <= limit}
 
 
